@@ -1,0 +1,132 @@
+//! The products every layer is made of, worked by hand: a 1-D dot product, a 2-D
+//! matrix product, then the `Conv1D` linear layer `y = x·W + b` of GPT-2.
+//!
+//! ```text
+//! cargo run --example dot_product
+//! ```
+//!
+//! Small integers throughout, so every line can be checked with pencil and paper.
+
+use gpt2_ndarray::blocks::{conv1d, dot, linear, matmul, Conv1D};
+use ndarray::{array, Array1, Array2};
+
+fn main() {
+    // ---------------------------------------------------------------- 1-D
+    println!("== 1. Dot product of two vectors: a · b = Σᵢ aᵢ·bᵢ\n");
+    let a = array![1.0, 2.0, 3.0];
+    let b = array![4.0, -5.0, 6.0];
+    show1("a", &a);
+    show1("b", &b);
+    let products = &a * &b;
+    show1("aᵢ·bᵢ", &products);
+    let terms: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| format!("{}·{}", factor(*x), factor(*y)))
+        .collect();
+    println!("a · b = {} = {}\n", terms.join(" + "), num(products.sum()));
+    println!(
+        "dot(a, b) = {}   (shape [3] · [3] -> a scalar)\n",
+        num(dot(a.view(), b.view()))
+    );
+
+    // ---------------------------------------------------------------- 2-D
+    println!("== 2. Matrix product: C = A·B, Cᵢⱼ = Σₖ Aᵢₖ·Bₖⱼ = (row i of A) · (column j of B)\n");
+    let a = array![[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]];
+    let b = array![[1.0, 0.0], [0.0, 1.0], [2.0, -1.0]];
+    show2("A", &a);
+    show2("B", &b);
+    for i in 0..a.nrows() {
+        for j in 0..b.ncols() {
+            let terms: Vec<String> = (0..a.ncols())
+                .map(|k| format!("{}·{}", factor(a[[i, k]]), factor(b[[k, j]])))
+                .collect();
+            let value = dot(a.row(i), b.column(j));
+            println!(
+                "C[{i},{j}] = A[{i},:] · B[:,{j}] = {} = {}",
+                terms.join(" + "),
+                num(value)
+            );
+        }
+    }
+    println!();
+    println!("[2, 3]·[3, 2] -> [2, 2]: the inner sizes (3) must agree and disappear.");
+    show2("C = matmul(A, B)", &matmul(a.view(), b.view()));
+
+    // ---------------------------------------------------------------- Conv1D
+    println!("== 3. GPT-2's linear layer (Conv1D): y = x·W + b\n");
+    println!("Conv1D stores W as [in, out] (nn.Linear would store its transpose, [out, in]).");
+    println!("Each row of x is one token; each column of W makes one output feature.\n");
+    let x = array![[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]; // T = 2 tokens, in = 3
+    let layer = Conv1D {
+        weight: array![
+            [1.0, 0.0, 2.0, 1.0],
+            [0.0, 1.0, 1.0, -1.0],
+            [1.0, 1.0, 0.0, 0.5]
+        ],
+        bias: array![0.5, 0.0, -1.0, 0.0],
+    };
+    show2("x   (T = 2 tokens, in = 3)", &x);
+    show2("W   (in = 3, out = 4)", &layer.weight);
+    show1("b   (out = 4)", &layer.bias);
+    let xw = matmul(x.view(), layer.weight.view());
+    println!("[2, 3]·[3, 4] -> [2, 4]: x·W[t, o] = Σᵢ x[t, i]·W[i, o]");
+    show2("x·W", &xw);
+    println!("(b is added to every row: broadcast over the T tokens)");
+    show2("x·W + b", &(&xw + &layer.bias));
+    let y = conv1d(x.view(), &layer);
+    show2("conv1d(x, layer)", &y);
+    assert_eq!(y, linear(x.view(), layer.weight.view(), layer.bias.view()));
+    println!("linear(x, W, b) gives the same [2, 4] result.");
+}
+
+/// A number as a person would write it: at most 4 decimals, no trailing zeros.
+fn num(x: f32) -> String {
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let s = format!("{x:.4}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+/// [`num`] in parentheses when negative, for products such as `2·(-5)`.
+fn factor(x: f32) -> String {
+    if x < 0.0 {
+        format!("({})", num(x))
+    } else {
+        num(x)
+    }
+}
+
+fn row(values: impl IntoIterator<Item = f32>) -> String {
+    let cells: Vec<String> = values
+        .into_iter()
+        .map(|v| format!("{:>7}", num(v)))
+        .collect();
+    format!("[{} ]", cells.join(""))
+}
+
+fn show1(name: &str, a: &Array1<f32>) {
+    println!(
+        "{name}   shape {:?}\n    {}\n",
+        a.shape(),
+        row(a.iter().copied())
+    );
+}
+
+fn show2(name: &str, a: &Array2<f32>) {
+    println!("{name}   shape {:?}", a.shape());
+    for r in a.rows() {
+        println!("    {}", row(r.iter().copied()));
+    }
+    println!();
+}

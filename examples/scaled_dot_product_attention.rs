@@ -1,0 +1,192 @@
+//! Causal scaled dot-product attention worked by hand, then layer norm and two heads.
+//!
+//! ```text
+//! cargo run --example scaled_dot_product_attention
+//! ```
+//!
+//! `Attention(q, k, v) = softmax(q·kᵀ/√d + M)·v`, `M` the causal mask (0 where a
+//! query may look, `-inf` where it would see the future). Three tokens, two
+//! features: every number fits on a page.
+
+use gpt2_ndarray::blocks::{
+    causal_scores, layer_norm, matmul, mean, multi_head_attention, multi_head_attention_with_maps,
+    scaled_dot_product_attention, softmax_rows, variance, LayerNorm,
+};
+use ndarray::{array, concatenate, s, Array1, Array2, Axis};
+
+fn main() {
+    single_head();
+    layer_norm_then_two_heads();
+}
+
+fn single_head() {
+    println!("== 1. One head: T = 3 tokens, d = 2 features\n");
+    let q = array![[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]];
+    let k = array![[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]];
+    let v = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+    show2("q   (what each token looks for)", &q);
+    show2("k   (what each token offers)", &k);
+    show2("v   (what each token passes on)", &v);
+
+    println!("-- scores: S = q·kᵀ, S[i,j] = qᵢ · kⱼ   [3, 2]·[2, 3] -> [3, 3]\n");
+    let scores = matmul(q.view(), k.t());
+    for (i, j) in [(1, 0), (1, 1), (2, 2)] {
+        println!(
+            "S[{i},{j}] = q{i} · k{j} = {}·{} + {}·{} = {}",
+            num(q[[i, 0]]),
+            num(k[[j, 0]]),
+            num(q[[i, 1]]),
+            num(k[[j, 1]]),
+            num(scores[[i, j]])
+        );
+    }
+    println!();
+    show2("S", &scores);
+
+    let d = q.ncols();
+    let scale = 1.0 / (d as f32).sqrt();
+    println!(
+        "-- scale: 1/√d = 1/√{d} = {}, so the scores' spread does not grow with d\n",
+        num(scale)
+    );
+    show2("S / √d", &(&scores * scale));
+
+    println!("-- causal mask: query i may look at keys j <= i only (not at the future)\n");
+    let masked = causal_scores(q.view(), k.view(), scale, None);
+    show2("S / √d + M   (causal_scores)", &masked);
+
+    println!("-- softmax of each row: P[i, :] are the weights query i gives to the values\n");
+    let p = softmax_rows(masked.view());
+    show2("P = softmax(S / √d + M)", &p);
+    println!(
+        "Row 0 can only see token 0: weight 1. Row 1: softmax([0, 1.4142]) = [0.1956, 0.8044].\n"
+    );
+
+    println!("-- output: out = P·v, out[i] = Σⱼ P[i,j]·vⱼ   [3, 3]·[3, 2] -> [3, 2]\n");
+    let out = matmul(p.view(), v.view());
+    for i in 0..3 {
+        let terms: Vec<String> = (0..=i)
+            .map(|j| {
+                format!(
+                    "{}·[{}, {}]",
+                    num(p[[i, j]]),
+                    num(v[[j, 0]]),
+                    num(v[[j, 1]])
+                )
+            })
+            .collect();
+        println!(
+            "out[{i}] = {} = [{}, {}]",
+            terms.join(" + "),
+            num(out[[i, 0]]),
+            num(out[[i, 1]])
+        );
+    }
+    println!();
+    show2(
+        "scaled_dot_product_attention(q, k, v, 1/√d)",
+        &scaled_dot_product_attention(q.view(), k.view(), v.view(), scale),
+    );
+}
+
+fn layer_norm_then_two_heads() {
+    println!("== 2. Layer norm, then two heads (GPT-2: attn(ln_1(x)))\n");
+    let x = array![
+        [2.0, 2.0, 4.0, 4.0],
+        [0.0, 4.0, 4.0, 0.0],
+        [1.0, 3.0, 5.0, 7.0]
+    ];
+    show2("x   (T = 3 tokens, C = 4 features)", &x);
+
+    println!("-- layer norm of each row: yᵢ = (xᵢ - μ) / √(σ² + ε) · γᵢ + βᵢ\n");
+    let mu: Array1<f32> = x.rows().into_iter().map(mean).collect();
+    let var: Array1<f32> = x.rows().into_iter().map(variance).collect();
+    show1("μ = mean of each row", &mu);
+    show1(
+        "σ² = Σ(x - μ)² / C   (biased: divide by C = 4, not C - 1)",
+        &var,
+    );
+    let centered = &x - &mu.view().insert_axis(Axis(1));
+    show2("x - μ", &centered);
+    let ln = LayerNorm {
+        weight: Array1::ones(4),
+        bias: Array1::zeros(4),
+        eps: 1e-5,
+    };
+    let std = var.mapv(|v| (v + ln.eps).sqrt());
+    show1("√(σ² + ε), ε = 1e-5", &std);
+    println!("(γ = 1 and β = 0 here; a trained model learns them)\n");
+    let h = layer_norm(x.view(), &ln);
+    show2("h = layer_norm(x)   (each row: mean 0, variance 1)", &h);
+
+    println!("-- two heads: each works on its own slice of the C = 4 columns (d = C / 2 = 2)\n");
+    println!("In GPT-2, q, k, v come from h through c_attn (a Conv1D); here q = k = v = h.\n");
+    let (n_head, d) = (2, 2);
+    let scale = 1.0 / (d as f32).sqrt();
+    let (merged, maps) =
+        multi_head_attention_with_maps(h.view(), h.view(), h.view(), n_head, scale, None);
+    let mut outs = Vec::new();
+    for head in 0..n_head {
+        let cols = s![.., head * d..(head + 1) * d];
+        let hh = h.slice(cols).to_owned();
+        println!("head {head}: columns {}..{}", head * d, (head + 1) * d);
+        show2(&format!("q = k = v (head {head})"), &hh);
+        show2(
+            &format!("P (head {head})"),
+            &maps.probs.index_axis(Axis(0), head).to_owned(),
+        );
+        let out = scaled_dot_product_attention(hh.view(), hh.view(), hh.view(), scale);
+        show2(&format!("out (head {head}) = P·v"), &out);
+        outs.push(out);
+    }
+    let by_hand = concatenate(Axis(1), &[outs[0].view(), outs[1].view()]).unwrap();
+    show2(
+        "merge: [out (head 0) | out (head 1)]   2 × [3, 2] -> [3, 4]",
+        &by_hand,
+    );
+    show2("multi_head_attention(h, h, h, 2 heads)", &merged);
+    let again = multi_head_attention(h.view(), h.view(), h.view(), n_head, scale, None);
+    assert_eq!(again, merged);
+}
+
+/// A number as a person would write it: at most 4 decimals, no trailing zeros.
+fn num(x: f32) -> String {
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let s = format!("{x:.4}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+fn row(values: impl IntoIterator<Item = f32>) -> String {
+    let cells: Vec<String> = values
+        .into_iter()
+        .map(|v| format!("{:>8}", num(v)))
+        .collect();
+    format!("[{} ]", cells.join(""))
+}
+
+fn show1(name: &str, a: &Array1<f32>) {
+    println!(
+        "{name}   shape {:?}\n    {}\n",
+        a.shape(),
+        row(a.iter().copied())
+    );
+}
+
+fn show2(name: &str, a: &Array2<f32>) {
+    println!("{name}   shape {:?}", a.shape());
+    for r in a.rows() {
+        println!("    {}", row(r.iter().copied()));
+    }
+    println!();
+}

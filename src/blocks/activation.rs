@@ -1,0 +1,108 @@
+//! The MLP's non-linearity: GPT-2's `gelu_new` and the alternatives a config may name.
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, ArrayView2};
+
+/// `√(2/π)`, the constant of the tanh approximation of GELU.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// GELU, tanh approximation (`gelu_new`, GPT-2's own activation, and
+/// `gelu_pytorch_tanh`): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+///
+/// ```
+/// use gpt2_ndarray::blocks::gelu_new;
+/// assert_eq!(gelu_new(0.0), 0.0);
+/// assert!((gelu_new(1.0) - 0.841_192).abs() < 1e-6); // PyTorch: 0.8411920070648193
+/// ```
+pub fn gelu_new(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Exact GELU (`gelu`): `x·Φ(x) = 0.5·x·(1 + erf(x/√2))`, Φ the standard normal CDF.
+///
+/// ```
+/// use gpt2_ndarray::blocks::gelu;
+/// assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6); // PyTorch: 0.8413447141647339
+/// ```
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `gelu_fast`: the tanh approximation written as transformers' `FastGELUActivation`
+/// writes it, `0.5·x·(1 + tanh(x·0.7978845608·(1 + 0.044715·x²)))`.
+pub fn gelu_fast(x: f32) -> f32 {
+    0.5 * x * (1.0 + (x * SQRT_2_OVER_PI * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+/// `quick_gelu`: `x·σ(1.702·x)`.
+pub fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
+}
+
+/// ReLU: `max(x, 0)`.
+///
+/// ```
+/// use gpt2_ndarray::blocks::relu;
+/// assert_eq!((relu(-2.0), relu(3.0)), (0.0, 3.0));
+/// ```
+pub fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+/// SiLU / swish: `x·σ(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// The activation a config's `activation_function` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new` and `gelu_pytorch_tanh`: [`gelu_new`].
+    GeluNew,
+    /// `gelu_fast`: [`gelu_fast`].
+    GeluFast,
+    /// `gelu`: [`gelu`] (erf).
+    Gelu,
+    /// `quick_gelu`: [`quick_gelu`].
+    QuickGelu,
+    /// `relu`: [`relu`].
+    Relu,
+    /// `silu` / `swish`: [`silu`].
+    Silu,
+}
+
+impl Activation {
+    /// The activation for a transformers `activation_function` name.
+    /// An unknown name is an error (never a silent default).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
+            "gelu_fast" => Activation::GeluFast,
+            "gelu" => Activation::Gelu,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => bail!(
+                "unsupported activation_function {other:?} (supported: gelu_new, \
+                 gelu_pytorch_tanh, gelu_fast, gelu, quick_gelu, relu, silu, swish)"
+            ),
+        })
+    }
+
+    /// The activation of one number.
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::GeluNew => gelu_new(x),
+            Activation::GeluFast => gelu_fast(x),
+            Activation::Gelu => gelu(x),
+            Activation::QuickGelu => quick_gelu(x),
+            Activation::Relu => relu(x),
+            Activation::Silu => silu(x),
+        }
+    }
+
+    /// Elementwise on a matrix: `[T, n]` → `[T, n]`.
+    pub fn forward(self, x: ArrayView2<f32>) -> Array2<f32> {
+        x.mapv(|v| self.apply(v))
+    }
+}

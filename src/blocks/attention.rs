@@ -1,0 +1,153 @@
+//! Causal scaled dot-product attention, for one head and for many.
+
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use super::softmax::softmax_inplace;
+
+/// The attention scores of `Tq` queries against `Tk` keys, scaled and causally masked:
+///
+/// `sᵢⱼ = scale · (qᵢ · kⱼ)` if key `j` is visible from query `i`, else `-inf`.
+///
+/// Shapes: `q: [Tq, d]`, `k: [Tk, d]` → `[Tq, Tk]`, with `Tq ≤ Tk`. The queries
+/// are the **last** `Tq` positions of the sequence of `Tk` (all of it in a full
+/// forward, one position when decoding with a cache), so query `i` sits at
+/// position `Tk - Tq + i` and sees the keys `j ≤ Tk - Tq + i`. `key_mask`, when
+/// given (`[Tk]`, `true` = a real token), also hides padding keys.
+///
+/// transformers fills masked scores with `f32::MIN` rather than `-inf`; after the
+/// softmax both give exactly 0.
+pub fn causal_scores(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) -> Array2<f32> {
+    let (tq, tk) = (q.nrows(), k.nrows());
+    assert!(tq <= tk, "causal_scores: {tq} queries but only {tk} keys");
+    let mut scores = q.dot(&k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
+    for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
+        let pos = tk - tq + i;
+        for (j, s) in row.iter_mut().enumerate() {
+            let visible = j <= pos && key_mask.map_or(true, |m| m[j]);
+            *s = if visible {
+                *s * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+    scores
+}
+
+/// Scaled dot-product attention of one head, causal:
+///
+/// `Attention(q, k, v) = softmax(q·kᵀ·scale + M)·v`, `M` the causal mask (0 or `-inf`),
+/// `scale = 1/√d` in the paper and in GPT-2.
+///
+/// Shapes: `q: [Tq, d]`, `k, v: [Tk, d]` → `[Tq, d]` (see [`causal_scores`] for
+/// `Tq < Tk`).
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::scaled_dot_product_attention;
+/// let q = array![[1.0, 0.0], [0.0, 1.0]];
+/// let v = array![[1.0, 2.0], [3.0, 4.0]];
+/// let out = scaled_dot_product_attention(q.view(), q.view(), v.view(), 1.0);
+/// // position 0 sees only itself; position 1 weighs v₀, v₁ by softmax([0, 1]) = [0.269, 0.731]
+/// assert_eq!(out.row(0), array![1.0, 2.0]);
+/// assert!((out[[1, 0]] - 2.462_117).abs() < 1e-5);
+/// ```
+pub fn scaled_dot_product_attention(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    scale: f32,
+) -> Array2<f32> {
+    let mut probs = causal_scores(q, k, scale, None);
+    probs.rows_mut().into_iter().for_each(softmax_inplace);
+    probs.dot(&v) // [Tq, Tk] · [Tk, d] -> [Tq, d]
+}
+
+/// The attention maps of every head, kept when a caller asks for them.
+#[derive(Clone, Debug)]
+pub struct AttentionMaps {
+    /// Scaled, masked scores before the softmax, `[n_head, Tq, Tk]` (`-inf` where masked).
+    pub scores: Array3<f32>,
+    /// Attention probabilities, `[n_head, Tq, Tk]`; each row sums to 1.
+    pub probs: Array3<f32>,
+}
+
+/// Multi-head causal attention: split heads, attend, merge.
+///
+/// Shapes: `q: [Tq, C]`, `k, v: [Tk, C]` with `C = n_head·d` → `[Tq, C]`.
+/// Head `h` is the column slice `h·d .. (h+1)·d` of each of `q`, `k`, `v`
+/// (a view, no copy) and its output lands in the same columns of the result,
+/// which is the "merge". Heads run in parallel.
+pub fn multi_head_attention(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    n_head: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) -> Array2<f32> {
+    attend_heads(q, k, v, n_head, scale, key_mask, false).0
+}
+
+/// [`multi_head_attention`] that also returns every head's scores and probabilities.
+pub fn multi_head_attention_with_maps(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    n_head: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) -> (Array2<f32>, AttentionMaps) {
+    let (merged, maps) = attend_heads(q, k, v, n_head, scale, key_mask, true);
+    (merged, maps.expect("maps were requested"))
+}
+
+fn attend_heads(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    n_head: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+    keep_maps: bool,
+) -> (Array2<f32>, Option<AttentionMaps>) {
+    let ((tq, c), tk) = (q.dim(), k.nrows());
+    assert_eq!(
+        c % n_head,
+        0,
+        "width {c} is not divisible by {n_head} heads"
+    );
+    let d = c / n_head;
+    type Head = (Array2<f32>, Option<(Array2<f32>, Array2<f32>)>);
+    let heads: Vec<Head> = (0..n_head)
+        .into_par_iter()
+        .map(|h| {
+            let cols = s![.., h * d..(h + 1) * d];
+            let mut probs = causal_scores(q.slice(cols), k.slice(cols), scale, key_mask);
+            let scores = keep_maps.then(|| probs.clone());
+            probs.rows_mut().into_iter().for_each(softmax_inplace);
+            let out = probs.dot(&v.slice(cols)); // [Tq, Tk] · [Tk, d] -> [Tq, d]
+            (out, scores.map(|scores| (scores, probs)))
+        })
+        .collect();
+
+    let mut merged = Array2::zeros((tq, c));
+    let mut maps = keep_maps.then(|| AttentionMaps {
+        scores: Array3::zeros((n_head, tq, tk)),
+        probs: Array3::zeros((n_head, tq, tk)),
+    });
+    for (h, (out, head_maps)) in heads.into_iter().enumerate() {
+        merged.slice_mut(s![.., h * d..(h + 1) * d]).assign(&out);
+        if let (Some(maps), Some((scores, probs))) = (maps.as_mut(), head_maps) {
+            maps.scores.index_axis_mut(Axis(0), h).assign(&scores);
+            maps.probs.index_axis_mut(Axis(0), h).assign(&probs);
+        }
+    }
+    (merged, maps)
+}

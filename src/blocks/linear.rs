@@ -1,0 +1,79 @@
+//! Dot product, matrix product and the linear layer (`Conv1D`) of GPT-2.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
+
+/// Dot product of two vectors: `a · b = Σᵢ aᵢ bᵢ`.
+///
+/// Shapes: `a: [n]`, `b: [n]` → scalar. Panics if the lengths differ, as
+/// `ndarray`'s `dot` does (a programming error, not bad input).
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::dot;
+/// assert_eq!(dot(array![1.0, 2.0, 3.0].view(), array![4.0, 5.0, 6.0].view()), 32.0);
+/// ```
+pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
+    a.dot(&b)
+}
+
+/// Matrix product `C = A · B`, `Cᵢⱼ = Σₖ Aᵢₖ Bₖⱼ`.
+///
+/// Shapes: `a: [m, k]`, `b: [k, n]` → `[m, n]`. Runs ndarray's `dot`, which
+/// hands `f32` products to the `matrixmultiply` GEMM kernel (any strides, so a
+/// transposed view costs no copy).
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::matmul;
+/// let a = array![[1.0, 2.0], [3.0, 4.0]];
+/// let b = array![[5.0, 6.0], [7.0, 8.0]];
+/// assert_eq!(matmul(a.view(), b.view()), array![[19.0, 22.0], [43.0, 50.0]]);
+/// ```
+pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+    a.dot(&b)
+}
+
+/// Linear layer in the `Conv1D` layout that GPT-2 checkpoints use:
+/// `y = x · W + b`.
+///
+/// Shapes: `x: [T, in]`, `w: [in, out]` (the transpose of `nn.Linear`'s
+/// `[out, in]`), `b: [out]` → `[T, out]`.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::linear;
+/// let x = array![[1.0, 2.0]];                     // [T=1, in=2]
+/// let w = array![[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]; // [in=2, out=3]
+/// let b = array![0.5, 0.5, 0.5];
+/// assert_eq!(linear(x.view(), w.view(), b.view()), array![[1.5, 2.5, 3.5]]);
+/// ```
+pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
+    let mut y = x.dot(&w); // [T, in] · [in, out] -> [T, out]
+    Zip::from(y.rows_mut()).for_each(|mut row| row += &b);
+    y
+}
+
+/// The parameters of a GPT-2 `Conv1D` module (despite its name, a linear layer).
+#[derive(Clone, Debug)]
+pub struct Conv1D {
+    /// `[in, out]` (`nx`, `nf` in transformers' naming).
+    pub weight: Array2<f32>,
+    /// `[out]`.
+    pub bias: Array1<f32>,
+}
+
+impl Conv1D {
+    /// `nx`: the input width.
+    pub fn n_in(&self) -> usize {
+        self.weight.nrows()
+    }
+    /// `nf`: the output width.
+    pub fn n_out(&self) -> usize {
+        self.weight.ncols()
+    }
+}
+
+/// Apply a [`Conv1D`]: `y = x · W + b`, `x: [T, in]` → `[T, out]`.
+pub fn conv1d(x: ArrayView2<f32>, layer: &Conv1D) -> Array2<f32> {
+    linear(x, layer.weight.view(), layer.bias.view())
+}
