@@ -1,0 +1,416 @@
+//! `pytorch_model.bin` (what `torch.save(state_dict)` writes) → named `f32` arrays.
+//!
+//! Two layouts exist in the wild, both holding the same pickled state dict
+//! (see [`super::pickle`] for what a pickle is):
+//!
+//! * **zip** (torch ≥ 1.6): a zip archive with one top folder of any name,
+//!   holding `<top>/data.pkl` (the state dict), `<top>/data/<key>` (the raw
+//!   little-endian bytes of each storage), `<top>/byteorder` and a few small
+//!   bookkeeping entries. Torch stores the entries uncompressed.
+//! * **legacy** (torch < 1.6, e.g. the 2019 GPT-2 files; first bytes `80 02`):
+//!   five pickles in a row — a magic number, a protocol version (1001), a
+//!   sys-info dict, the state dict, the list of storage keys — and then, for
+//!   each key in that order, an 8-byte little-endian element count followed by
+//!   the storage's raw bytes.
+//!
+//! In both, a tensor is `_rebuild_tensor_v2(storage, offset, size, stride, ...)`:
+//! a strided view into a storage, which several tensors may share (a tied
+//! `lm_head.weight` and `wte.weight`). We read each needed storage once, check
+//! that the view fits inside it, and copy the viewed elements into a fresh
+//! row-major `f32` array.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use half::{bf16, f16};
+use ndarray::{ArrayD, ArrayView, IxDyn, ShapeBuilder};
+use zip::ZipArchive;
+
+use super::pickle::{self, Pickle, StorageType, TensorRef, Value};
+use super::{Dtype, Tensor, Tensors};
+
+/// The first pickle of a legacy file.
+const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
+/// The second pickle of a legacy file.
+const LEGACY_PROTOCOL_VERSION: i128 = 1001;
+
+/// Reads every tensor of a PyTorch checkpoint (zip or legacy) for which
+/// `keep(key)` is true. Skipped tensors are parsed but their data is never
+/// read or converted.
+pub fn read_pytorch_bin(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    read_any(path, keep).with_context(|| format!("reading PyTorch checkpoint {}", path.display()))
+}
+
+fn read_any(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    let mut file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut head = Vec::new();
+    (&mut file).take(4).read_to_end(&mut head)?;
+    file.rewind()?;
+    if head.starts_with(b"PK") {
+        read_zip(file, file_len, keep)
+    } else if head.starts_with(&[0x80, 0x02]) {
+        read_legacy(file, file_len, keep)
+    } else {
+        let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+        bail!(
+            "{} is neither a PyTorch zip checkpoint nor a legacy torch.save file (first bytes {})",
+            path.display(),
+            hex.join(" ")
+        )
+    }
+}
+
+// ---- the zip format ----
+
+fn read_zip(file: File, file_len: u64, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    let mut archive =
+        ZipArchive::new(file).context("the file starts like a zip but is not a valid one")?;
+    let top = top_folder(&archive)?;
+    check_zip_byteorder(&mut archive, &format!("{top}/byteorder"), file_len)?;
+    let pickle = read_zip_pickle(&mut archive, &format!("{top}/data.pkl"))?;
+    let mut tensors = Tensors::new();
+    for (key, views) in kept_by_storage(&pickle, keep)? {
+        let entry = format!("{top}/data/{key}");
+        let bytes = read_zip_entry(&mut archive, &entry, file_len)
+            .with_context(|| format!("reading the storage of tensor {}", tensor_names(&views)))?;
+        convert_views(&views, &bytes, &key, &mut tensors)?;
+    }
+    Ok(tensors)
+}
+
+/// The folder holding `data.pkl`, e.g. `pytorch_model` or `archive`.
+fn top_folder(archive: &ZipArchive<File>) -> Result<String> {
+    let top = archive
+        .file_names()
+        .filter_map(|name| name.strip_suffix("/data.pkl"))
+        .find(|top| !top.contains('/'));
+    top.map(str::to_owned).ok_or_else(|| {
+        anyhow!("the zip archive has no <folder>/data.pkl entry, so it is not a PyTorch checkpoint")
+    })
+}
+
+/// Torch writes `little` or `big` in `<top>/byteorder` (older files have no such entry).
+fn check_zip_byteorder(archive: &mut ZipArchive<File>, name: &str, file_len: u64) -> Result<()> {
+    if archive.index_for_name(name).is_some() {
+        let order = read_zip_entry(archive, name, file_len)?;
+        let order = String::from_utf8_lossy(&order);
+        ensure!(
+            order == "little",
+            "unsupported byte order {order:?} in {name}"
+        );
+    }
+    Ok(())
+}
+
+fn read_zip_pickle(archive: &mut ZipArchive<File>, name: &str) -> Result<Pickle> {
+    let entry = archive
+        .by_name(name)
+        .with_context(|| format!("opening {name}"))?;
+    pickle::load(BufReader::new(entry)).with_context(|| format!("parsing {name}"))
+}
+
+/// Reads one whole entry, refusing sizes larger than the file itself.
+fn read_zip_entry(archive: &mut ZipArchive<File>, name: &str, file_len: u64) -> Result<Vec<u8>> {
+    let entry = archive.by_name(name).map_err(|e| match e {
+        zip::result::ZipError::FileNotFound => {
+            anyhow!("entry {name} is missing from the zip archive")
+        }
+        other => anyhow!(other).context(format!("opening zip entry {name}")),
+    })?;
+    let size = entry.size();
+    ensure!(
+        size <= file_len,
+        "zip entry {name} claims {size} bytes, more than the whole file"
+    );
+    let mut bytes = Vec::with_capacity(usize::try_from(size)?);
+    entry
+        .take(size)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading zip entry {name}"))?;
+    ensure!(bytes.len() as u64 == size, "zip entry {name} is truncated");
+    Ok(bytes)
+}
+
+// ---- the legacy format ----
+
+fn read_legacy(file: File, file_len: u64, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    let mut reader = BufReader::new(file);
+    check_legacy_header(&mut reader)?;
+    let state_dict = pickle::load(&mut reader).context("parsing the state-dict pickle")?;
+    let storage_types = storage_types(&state_dict)?;
+    let mut kept = kept_by_storage(&state_dict, keep)?;
+    let key_list = pickle::load(&mut reader).context("parsing the storage-key list")?;
+    let mut tensors = Tensors::new();
+    for key in string_list(&key_list)? {
+        let ty = storage_types
+            .get(&key)
+            .ok_or_else(|| anyhow!("storage {key:?} is listed but used by no tensor"))?;
+        let nbytes = legacy_storage_len(&mut reader, &key, ty, file_len)?;
+        match kept.remove(&key) {
+            Some(views) => {
+                let mut bytes = vec![0u8; nbytes];
+                reader
+                    .read_exact(&mut bytes)
+                    .map_err(|_| anyhow!("legacy file is truncated inside storage {key:?}"))?;
+                convert_views(&views, &bytes, &key, &mut tensors)?;
+            }
+            None => reader.seek_relative(i64::try_from(nbytes)?)?,
+        }
+    }
+    if let Some((key, views)) = kept.first_key_value() {
+        bail!(
+            "storage {key:?} of tensor {} is missing from the legacy file",
+            tensor_names(views)
+        );
+    }
+    Ok(tensors)
+}
+
+/// Checks the magic number, protocol version and byte order pickles.
+fn check_legacy_header(reader: &mut impl Read) -> Result<()> {
+    let magic = pickle::load(&mut *reader).context("parsing the magic-number pickle")?;
+    ensure!(
+        matches!(magic.root, Value::Int(LEGACY_MAGIC)),
+        "bad legacy magic number"
+    );
+    let version = pickle::load(&mut *reader).context("parsing the protocol-version pickle")?;
+    ensure!(
+        matches!(version.root, Value::Int(LEGACY_PROTOCOL_VERSION)),
+        "unsupported legacy protocol version {:?}",
+        version.root
+    );
+    let sys_info = pickle::load(&mut *reader).context("parsing the sys-info pickle")?;
+    let big_endian = sys_info
+        .dict_items(&sys_info.root)
+        .unwrap_or(&[])
+        .iter()
+        .any(|(k, v)| {
+            matches!(k, Value::Str(k) if &**k == "little_endian") && matches!(v, Value::Bool(false))
+        });
+    ensure!(!big_endian, "big-endian legacy files are not supported");
+    Ok(())
+}
+
+/// Reads a storage's 8-byte element count; returns its byte length after
+/// checking that that many bytes remain in the file.
+fn legacy_storage_len(
+    reader: &mut BufReader<File>,
+    key: &str,
+    ty: &StorageType,
+    file_len: u64,
+) -> Result<usize> {
+    let mut count = [0u8; 8];
+    reader
+        .read_exact(&mut count)
+        .map_err(|_| anyhow!("legacy file is truncated before storage {key:?}"))?;
+    let numel = u64::from_le_bytes(count);
+    let nbytes = numel
+        .checked_mul(ty.element_size as u64)
+        .ok_or_else(|| anyhow!("storage {key:?} claims an absurd {numel} elements"))?;
+    let remaining = file_len.saturating_sub(reader.stream_position()?);
+    ensure!(
+        nbytes <= remaining,
+        "legacy file is truncated: storage {key:?} needs {nbytes} bytes, only {remaining} remain"
+    );
+    Ok(usize::try_from(nbytes)?)
+}
+
+/// Storage key → storage type, over every tensor (kept or not): the legacy
+/// reader needs element sizes to skip storages it does not convert.
+fn storage_types(pickle: &Pickle) -> Result<HashMap<String, StorageType>> {
+    let tensors = state_dict_tensors(pickle)?;
+    Ok(tensors
+        .into_iter()
+        .map(|(_, t)| (t.storage.key.clone(), t.storage.ty))
+        .collect())
+}
+
+fn string_list(pickle: &Pickle) -> Result<Vec<String>> {
+    let items = pickle.sequence(&pickle.root).ok_or_else(|| {
+        anyhow!(
+            "the storage-key list is a {}, not a list",
+            pickle.root.kind()
+        )
+    })?;
+    let to_string = |v: &Value| match v {
+        Value::Str(s) => Ok(s.to_string()),
+        other => bail!("storage key is a {}, not a string", other.kind()),
+    };
+    items.iter().map(to_string).collect()
+}
+
+// ---- from the pickle to arrays ----
+
+/// Tensors that view one storage: (state-dict key, view).
+type Views = Vec<(String, Rc<TensorRef>)>;
+
+/// The (key, tensor) pairs of the pickled state dict, skipping non-tensor values.
+fn state_dict_tensors(pickle: &Pickle) -> Result<Vec<(String, Rc<TensorRef>)>> {
+    let items = pickle.dict_items(&pickle.root).ok_or_else(|| {
+        anyhow!(
+            "the pickle holds a {}, not a state dict",
+            pickle.root.kind()
+        )
+    })?;
+    let mut tensors = Vec::new();
+    for (key, value) in items {
+        let Value::Str(key) = key else {
+            bail!("state-dict key is a {}, not a string", key.kind());
+        };
+        if let Value::Tensor(tensor) = value {
+            tensors.push((key.to_string(), Rc::clone(tensor)));
+        }
+    }
+    Ok(tensors)
+}
+
+/// The tensors `keep` selects, grouped by storage key so each storage is
+/// read once. Fails on a kept non-tensor value or an unsupported dtype.
+fn kept_by_storage(
+    pickle: &Pickle,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Views>> {
+    for (key, value) in pickle.dict_items(&pickle.root).unwrap_or(&[]) {
+        let is_tensor = matches!(value, Value::Tensor(_));
+        if let Value::Str(key) = key {
+            ensure!(
+                is_tensor || !keep(key),
+                "state-dict entry {key:?} is a {}, not a tensor",
+                value.kind()
+            );
+        }
+    }
+    let mut groups: BTreeMap<String, Views> = BTreeMap::new();
+    for (key, tensor) in state_dict_tensors(pickle)?
+        .into_iter()
+        .filter(|(k, _)| keep(k))
+    {
+        let ty = tensor.storage.ty;
+        ensure!(
+            ty.dtype.is_some(),
+            "tensor {key:?} is stored as {}, which cannot be converted to f32 \
+             (supported dtypes: float32, float16, bfloat16, float64)",
+            ty.name
+        );
+        groups
+            .entry(tensor.storage.key.clone())
+            .or_default()
+            .push((key, tensor));
+    }
+    Ok(groups)
+}
+
+fn tensor_names(views: &Views) -> String {
+    let names: Vec<String> = views.iter().map(|(name, _)| format!("{name:?}")).collect();
+    names.join(", ")
+}
+
+fn convert_views(views: &Views, bytes: &[u8], storage_key: &str, out: &mut Tensors) -> Result<()> {
+    for (name, view) in views {
+        let tensor = tensor_from_storage(view, bytes)
+            .with_context(|| format!("tensor {name:?} (storage {storage_key:?})"))?;
+        out.insert(name.clone(), tensor);
+    }
+    Ok(())
+}
+
+/// Copies the elements a view selects out of its storage's raw bytes.
+fn tensor_from_storage(view: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
+    let dtype = view
+        .storage
+        .ty
+        .dtype
+        .ok_or_else(|| anyhow!("unsupported {}", view.storage.ty.name))?;
+    let numel = checked_product(&view.size)?;
+    if numel == 0 {
+        return Ok(Tensor {
+            dtype,
+            array: ArrayD::zeros(IxDyn(&view.size)),
+        });
+    }
+    let end = last_element(view)?
+        .checked_add(1)
+        .ok_or_else(|| anyhow!("tensor extent overflows"))?;
+    let needed = end
+        .checked_mul(dtype.size())
+        .ok_or_else(|| anyhow!("tensor extent of {end} elements overflows"))?;
+    ensure!(
+        needed <= bytes.len(),
+        "the storage is shorter than the tensor needs: offset {}, size {:?} and stride {:?} need \
+         {needed} bytes, the storage has {}",
+        view.offset,
+        view.size,
+        view.stride,
+        bytes.len()
+    );
+    let stored = bytes.len() / dtype.size();
+    ensure!(
+        numel <= stored,
+        "tensor has {numel} elements but its storage holds only {stored} \
+         (broadcast views are not supported)"
+    );
+    let start = view.offset * dtype.size(); // <= needed, so no overflow
+    let window = decode(bytes.get(start..needed).unwrap_or(&[]), dtype);
+    let shape = IxDyn(&view.size).strides(IxDyn(&view.stride));
+    let strided = ArrayView::from_shape(shape, &window)?;
+    // A contiguous row-major view is the window itself: no second copy.
+    let contiguous = strided.is_standard_layout() && numel == window.len();
+    let values = if contiguous {
+        window
+    } else {
+        strided.iter().copied().collect()
+    };
+    let array = ArrayD::from_shape_vec(IxDyn(&view.size), values)?;
+    Ok(Tensor { dtype, array })
+}
+
+fn checked_product(size: &[usize]) -> Result<usize> {
+    size.iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| anyhow!("tensor size {size:?} overflows"))
+}
+
+/// Storage index of the view's last element: `offset + Σ (size_i − 1)·stride_i`.
+/// Only called for views with no zero-sized dimension.
+fn last_element(view: &TensorRef) -> Result<usize> {
+    view.size
+        .iter()
+        .zip(&view.stride)
+        .try_fold(view.offset, |acc, (&n, &s)| {
+            acc.checked_add(n.checked_sub(1)?.checked_mul(s)?)
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "tensor extent (size {:?}, stride {:?}) overflows",
+                view.size,
+                view.stride
+            )
+        })
+}
+
+/// Raw little-endian storage bytes → `f32`, upcasting half precision.
+fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+    }
+}
