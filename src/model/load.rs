@@ -1,0 +1,223 @@
+//! From a Hugging Face model directory to [`Gpt2`]: the one place where
+//! checkpoint keys become struct fields.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+
+use super::{Attention, Block, Gpt2, Mlp};
+use crate::blocks::{Conv1D, LayerNorm};
+use crate::checkpoint::{pytorch::read_pytorch_bin, safetensors::read_safetensors, Tensors};
+use crate::config::Config;
+
+/// The two weight files a GPT-2 directory may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// `model.safetensors` (memory-mapped).
+    Safetensors,
+    /// `pytorch_model.bin` (zip or legacy `torch.save`, read without executing the pickle).
+    PytorchBin,
+}
+
+impl WeightsFormat {
+    /// The file name of this format inside a model directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            WeightsFormat::Safetensors => "model.safetensors",
+            WeightsFormat::PytorchBin => "pytorch_model.bin",
+        }
+    }
+}
+
+/// Buffers real checkpoints carry that are not parameters: the causal mask
+/// `h.{i}.attn.bias` and the constant `h.{i}.attn.masked_bias`. Never read.
+fn is_buffer(key: &str) -> bool {
+    key.ends_with(".attn.bias") || key.ends_with(".attn.masked_bias")
+}
+
+impl Gpt2 {
+    /// Load `config.json` and the weights of a model directory, preferring
+    /// `model.safetensors` over `pytorch_model.bin` when both are present.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        ensure_dir(dir)?;
+        let format = [WeightsFormat::Safetensors, WeightsFormat::PytorchBin]
+            .into_iter()
+            .find(|f| dir.join(f.file_name()).is_file())
+            .with_context(|| {
+                format!(
+                    "{} has neither model.safetensors nor pytorch_model.bin",
+                    dir.display()
+                )
+            })?;
+        Self::from_dir_with(dir, format)
+    }
+
+    /// Load a model directory from the given weights format.
+    pub fn from_dir_with(dir: impl AsRef<Path>, format: WeightsFormat) -> Result<Self> {
+        let dir = dir.as_ref();
+        ensure_dir(dir)?;
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let path: PathBuf = dir.join(format.file_name());
+        let keep = |key: &str| !is_buffer(key);
+        let tensors = match format {
+            WeightsFormat::Safetensors => read_safetensors(&path, &keep)?,
+            WeightsFormat::PytorchBin => read_pytorch_bin(&path, &keep)?,
+        };
+        Self::from_tensors(config, tensors).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Build the model from named tensors, checking every shape against the config.
+    ///
+    /// Keys may carry the `transformer.` prefix or not; `lm_head.weight` is
+    /// ignored when the head is tied (it is `wte`) and required when it is not.
+    /// Every problem is collected before failing, so one error lists all the
+    /// missing, misshapen and unexpected tensors.
+    pub fn from_tensors(config: Config, tensors: Tensors) -> Result<Self> {
+        config.validate()?;
+        let mut store = Store::new(tensors);
+        let (c, f) = (config.n_embd, config.n_inner);
+        let eps = config.layer_norm_epsilon;
+        let wte = store.matrix("wte.weight", [config.vocab_size, c]);
+        let wpe = store.matrix("wpe.weight", [config.n_positions, c]);
+        let h = (0..config.n_layer)
+            .map(|i| Block {
+                ln_1: store.layer_norm(&format!("h.{i}.ln_1"), c, eps),
+                attn: Attention {
+                    c_attn: store.conv1d(&format!("h.{i}.attn.c_attn"), c, 3 * c),
+                    c_proj: store.conv1d(&format!("h.{i}.attn.c_proj"), c, c),
+                },
+                ln_2: store.layer_norm(&format!("h.{i}.ln_2"), c, eps),
+                mlp: Mlp {
+                    c_fc: store.conv1d(&format!("h.{i}.mlp.c_fc"), c, f),
+                    c_proj: store.conv1d(&format!("h.{i}.mlp.c_proj"), f, c),
+                },
+            })
+            .collect();
+        let ln_f = store.layer_norm("ln_f", c, eps);
+        let lm_head = if config.tie_word_embeddings {
+            store.tensors.remove("lm_head.weight");
+            None
+        } else {
+            Some(store.matrix("lm_head.weight", [config.vocab_size, c]))
+        };
+        store.finish()?;
+        Ok(Gpt2 {
+            config,
+            wte,
+            wpe,
+            h,
+            ln_f,
+            lm_head,
+        })
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    ensure!(
+        dir.is_dir(),
+        "model directory {} does not exist (or is not a directory)",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The tensors not yet moved into the model, and the problems found so far.
+struct Store {
+    tensors: Tensors,
+    problems: Vec<String>,
+}
+
+impl Store {
+    fn new(tensors: Tensors) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(key, t)| match key.strip_prefix("transformer.") {
+                Some(rest) => (rest.to_owned(), t),
+                None => (key, t),
+            })
+            .collect();
+        Store {
+            tensors,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Move out the tensor `key`, checking its shape and values.
+    fn take(&mut self, key: &str, shape: &[usize]) -> Option<ArrayD<f32>> {
+        let Some(tensor) = self.tensors.remove(key) else {
+            self.problems
+                .push(format!("missing tensor {key} (expected shape {shape:?})"));
+            return None;
+        };
+        if tensor.array.shape() != shape {
+            self.problems.push(format!(
+                "tensor {key} has shape {:?}, expected {shape:?} from config.json",
+                tensor.array.shape()
+            ));
+            return None;
+        }
+        if let Some(bad) = tensor.array.iter().find(|v| !v.is_finite()) {
+            self.problems.push(format!(
+                "tensor {key} contains {bad} (weights must be finite)"
+            ));
+            return None;
+        }
+        Some(tensor.array)
+    }
+
+    fn matrix(&mut self, key: &str, [rows, cols]: [usize; 2]) -> Array2<f32> {
+        self.take(key, &[rows, cols])
+            .and_then(|a| a.into_dimensionality::<Ix2>().ok())
+            .unwrap_or_else(|| Array2::zeros((0, 0)))
+    }
+
+    fn vector(&mut self, key: &str, len: usize) -> Array1<f32> {
+        self.take(key, &[len])
+            .and_then(|a| a.into_dimensionality::<Ix1>().ok())
+            .unwrap_or_else(|| Array1::zeros(0))
+    }
+
+    fn layer_norm(&mut self, module: &str, n: usize, eps: f32) -> LayerNorm {
+        LayerNorm {
+            weight: self.vector(&format!("{module}.weight"), n),
+            bias: self.vector(&format!("{module}.bias"), n),
+            eps,
+        }
+    }
+
+    /// A `Conv1D` stores its weight `[in, out]`: no transpose needed.
+    fn conv1d(&mut self, module: &str, n_in: usize, n_out: usize) -> Conv1D {
+        Conv1D {
+            weight: self.matrix(&format!("{module}.weight"), [n_in, n_out]),
+            bias: self.vector(&format!("{module}.bias"), n_out),
+        }
+    }
+
+    /// Fail with every problem found, and any tensor nobody asked for.
+    fn finish(self) -> Result<()> {
+        let mut problems = self.problems;
+        problems.extend(
+            self.tensors
+                .keys()
+                .filter(|k| !is_buffer(k))
+                .map(|k| format!("unexpected tensor {k}")),
+        );
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "the checkpoint does not fit config.json ({} problems):",
+            problems.len()
+        );
+        for p in problems.iter().take(20) {
+            let _ = write!(msg, "\n  - {p}");
+        }
+        if problems.len() > 20 {
+            let _ = write!(msg, "\n  - ... and {} more", problems.len() - 20);
+        }
+        bail!(msg)
+    }
+}

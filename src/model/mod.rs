@@ -1,0 +1,319 @@
+//! The GPT-2 model: weights named as the checkpoint keys, and the forward pass.
+//!
+//! ```text
+//! ids [T] ──► wte[ids] + wpe[pos] ─────────────────────► x [T, C]          embed
+//!             for each block h[i]:
+//!                 x = x + attn(ln_1(x))                   causal self-attention
+//!                 x = x + mlp(ln_2(x))                    c_fc → act → c_proj
+//!             ln_f(x) · wteᵀ ──────────────────────────► logits [T, vocab]  head (tied to wte)
+//! ```
+//!
+//! The forward pass is [`Gpt2::forward_step`]; everything else is a convenience
+//! on top of it. Dropout is the identity at inference and does not appear.
+
+use anyhow::{bail, ensure, Result};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::blocks::{conv1d, layer_norm, multi_head_attention, Conv1D, LayerNorm};
+use crate::config::Config;
+use crate::trace::Trace;
+
+mod cache;
+mod load;
+
+pub use cache::KvCache;
+pub use load::WeightsFormat;
+
+/// GPT-2 with a language-model head (`GPT2LMHeadModel`). Field names are the
+/// state-dict keys: `h[3].attn.c_attn.weight` is `h.3.attn.c_attn.weight`.
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    pub config: Config,
+    /// Token embeddings `[vocab, C]`; also the head when tied.
+    pub wte: Array2<f32>,
+    /// Position embeddings `[n_positions, C]`.
+    pub wpe: Array2<f32>,
+    /// The transformer blocks.
+    pub h: Vec<Block>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm,
+    /// `lm_head.weight` `[vocab, C]`, only when the config unties it from `wte`.
+    pub lm_head: Option<Array2<f32>>,
+}
+
+/// One transformer block (`GPT2Block`).
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn: Attention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+/// Causal self-attention (`GPT2Attention`).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// `[C, 3C]`: the `q | k | v` projection.
+    pub c_attn: Conv1D,
+    /// `[C, C]`: the output projection.
+    pub c_proj: Conv1D,
+}
+
+/// The feed-forward network (`GPT2MLP`).
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// `[C, n_inner]`.
+    pub c_fc: Conv1D,
+    /// `[n_inner, C]`.
+    pub c_proj: Conv1D,
+}
+
+/// Which positions the language-model head is applied to. The head is the
+/// widest matrix of the model (`C × 50257`), so generation asks for the last
+/// position only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position of the step: `[T, vocab]`.
+    All,
+    /// The last position only: `[1, vocab]`.
+    Last,
+}
+
+impl Gpt2 {
+    /// Logits `[T, vocab]` of one sequence, every position.
+    pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>> {
+        self.forward_traced(ids, &mut Trace::off())
+    }
+
+    /// [`Gpt2::forward`], recording the activations `trace` asks for.
+    pub fn forward_traced(&self, ids: &[u32], trace: &mut Trace) -> Result<Array2<f32>> {
+        let mut cache = KvCache::new(self.config.n_layer);
+        self.forward_step(ids, None, &mut cache, Logits::All, trace)
+    }
+
+    /// The next-token logits `[vocab]` after `ids`.
+    pub fn next_token_logits(&self, ids: &[u32]) -> Result<Array1<f32>> {
+        let mut cache = KvCache::new(self.config.n_layer);
+        let logits = self.forward_step(ids, None, &mut cache, Logits::Last, &mut Trace::off())?;
+        Ok(logits.row(0).to_owned())
+    }
+
+    /// The forward pass: run `ids` as the positions following those already in
+    /// `cache`, append their keys and values to it, and return the logits.
+    ///
+    /// `mask` (`[T]`, `true` = real token) marks padding: a padding token is
+    /// never attended to and does not advance the position ids, so a
+    /// left-padded sequence gives at its real positions what the unpadded one
+    /// gives. Without a mask every token is real.
+    ///
+    /// Errors: an empty step, a token id `≥ vocab_size`, or more than
+    /// `n_positions` positions in all.
+    pub fn forward_step(
+        &self,
+        ids: &[u32],
+        mask: Option<&[bool]>,
+        cache: &mut KvCache,
+        logits: Logits,
+        trace: &mut Trace,
+    ) -> Result<Array2<f32>> {
+        self.check_step(ids, mask, cache)?;
+        let mask: Vec<bool> = mask.map_or_else(|| vec![true; ids.len()], <[bool]>::to_vec);
+        let positions = cache.push_positions(&mask);
+
+        let mut x = self.embed(ids, &positions); // [T, C]
+        trace.record("embed", x.view());
+        for (i, block) in self.h.iter().enumerate() {
+            x = self.block(i, block, x, cache, trace);
+        }
+        if logits == Logits::Last {
+            x = x.slice_move(s![-1.., ..]); // [1, C]
+        }
+        let x = layer_norm(x.view(), &self.ln_f);
+        trace.record("ln_f", x.view());
+        let logits = self.head(x.view()); // [T', vocab]
+        trace.record("logits", logits.view());
+        Ok(logits)
+    }
+
+    /// `x = wte[ids] + wpe[positions]`: `[T]` → `[T, C]`.
+    fn embed(&self, ids: &[u32], positions: &[usize]) -> Array2<f32> {
+        let mut x = Array2::zeros((ids.len(), self.config.n_embd));
+        for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(positions) {
+            row.assign(&self.wte.row(id as usize));
+            row += &self.wpe.row(pos);
+        }
+        x
+    }
+
+    /// One transformer block: `x = x + attn(ln_1(x))`, then `x = x + mlp(ln_2(x))`.
+    fn block(
+        &self,
+        i: usize,
+        h: &Block,
+        mut x: Array2<f32>,
+        cache: &mut KvCache,
+        trace: &mut Trace,
+    ) -> Array2<f32> {
+        let a = layer_norm(x.view(), &h.ln_1); // [T, C]
+        trace.record_in(i, "ln_1", a.view());
+        x += &self.attention(i, &h.attn, a.view(), cache, trace);
+        trace.record_in(i, "resid_1", x.view());
+
+        let m = layer_norm(x.view(), &h.ln_2); // [T, C]
+        trace.record_in(i, "ln_2", m.view());
+        x += &self.mlp(i, &h.mlp, m.view(), trace);
+        trace.record_in(i, "", x.view());
+        x
+    }
+
+    /// Causal self-attention of block `i`: project to `q | k | v`, append `k`, `v`
+    /// to the cache, attend with every head over all cached positions, merge,
+    /// project. `x: [T, C]` → `[T, C]`.
+    fn attention(
+        &self,
+        i: usize,
+        attn: &Attention,
+        x: ArrayView2<f32>,
+        cache: &mut KvCache,
+        trace: &mut Trace,
+    ) -> Array2<f32> {
+        let c = self.config.n_embd;
+        let qkv = conv1d(x, &attn.c_attn); // [T, 3C]
+        trace.record_in(i, "attn.c_attn", qkv.view());
+        let (q, k_new, v_new) = (
+            qkv.slice(s![.., ..c]),
+            qkv.slice(s![.., c..2 * c]),
+            qkv.slice(s![.., 2 * c..]),
+        );
+        cache.append(i, k_new, v_new);
+        let (k, v) = cache.keys_values(i); // [Tk, C] each: cached positions and these
+        let key_mask = cache.key_mask();
+        let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
+
+        let merged = if trace.wants_in(i, "attn") {
+            for (name, t) in [("attn.q", q), ("attn.k", k), ("attn.v", v)] {
+                trace.record_in(i, name, split_heads(t, n_head).view());
+            }
+            let (merged, maps) =
+                crate::blocks::multi_head_attention_with_maps(q, k, v, n_head, scale, key_mask);
+            trace.record_in(i, "attn.scores", maps.scores.view());
+            trace.record_in(i, "attn.probs", maps.probs.view());
+            merged
+        } else {
+            multi_head_attention(q, k, v, n_head, scale, key_mask)
+        }; // [T, C]
+        trace.record_in(i, "attn.merged", merged.view());
+        let out = conv1d(merged.view(), &attn.c_proj); // [T, C]
+        trace.record_in(i, "attn.c_proj", out.view());
+        out
+    }
+
+    /// The MLP of block `i`: `c_proj(act(c_fc(x)))`, `[T, C]` → `[T, n_inner]` → `[T, C]`.
+    fn mlp(&self, i: usize, mlp: &Mlp, x: ArrayView2<f32>, trace: &mut Trace) -> Array2<f32> {
+        let mut hidden = conv1d(x, &mlp.c_fc); // [T, n_inner]
+        trace.record_in(i, "mlp.c_fc", hidden.view());
+        let act = self.config.activation;
+        hidden.par_mapv_inplace(|v| act.apply(v));
+        trace.record_in(i, "mlp.act", hidden.view());
+        let out = conv1d(hidden.view(), &mlp.c_proj); // [T, C]
+        trace.record_in(i, "mlp.c_proj", out.view());
+        out
+    }
+
+    /// The language-model head: `logits = x · Wᵀ`, `W` = `wte` (tied) or `lm_head`,
+    /// `[T, C]` → `[T, vocab]`. The transpose is a view: no copy of `W`.
+    fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.wte);
+        x.dot(&w.t())
+    }
+
+    /// Reject a step the model cannot run, with a message that says why.
+    fn check_step(&self, ids: &[u32], mask: Option<&[bool]>, cache: &KvCache) -> Result<()> {
+        let cfg = &self.config;
+        ensure!(!ids.is_empty(), "no tokens to run: the prompt is empty");
+        if let Some((pos, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= cfg.vocab_size)
+        {
+            bail!(
+                "token id {id} at position {pos} is out of range: the vocabulary has {} tokens (0..{})",
+                cfg.vocab_size,
+                cfg.vocab_size - 1
+            );
+        }
+        if let Some(mask) = mask {
+            ensure!(
+                mask.len() == ids.len(),
+                "attention mask has {} entries for {} tokens",
+                mask.len(),
+                ids.len()
+            );
+        }
+        ensure!(
+            cache.layers() == cfg.n_layer,
+            "the cache was made for {} layers, the model has {}",
+            cache.layers(),
+            cfg.n_layer
+        );
+        let total = cache.len() + ids.len();
+        ensure!(
+            total <= cfg.n_positions,
+            "sequence too long: {} cached + {} new = {total} positions, but the model has only \
+             n_positions = {} (shorten the prompt or generate fewer tokens)",
+            cache.len(),
+            ids.len(),
+            cfg.n_positions
+        );
+        Ok(())
+    }
+
+    /// Logits `[B, T, vocab]` of a padded batch: `ids` and `mask` are `[B, T]`,
+    /// `mask` true at real tokens (padding left or right). The rows run in
+    /// parallel; at real positions each equals the unpadded sequence's own
+    /// logits, at padding positions the values are meaningless.
+    pub fn forward_batch(&self, ids: &Array2<u32>, mask: &Array2<bool>) -> Result<Array3<f32>> {
+        ensure!(
+            ids.dim() == mask.dim(),
+            "ids are {:?} but the attention mask is {:?}",
+            ids.dim(),
+            mask.dim()
+        );
+        let rows: Vec<Array2<f32>> = ids
+            .outer_iter()
+            .into_par_iter()
+            .zip(mask.outer_iter())
+            .enumerate()
+            .map(|(b, (ids, mask))| {
+                let mut cache = KvCache::new(self.config.n_layer);
+                let (ids, mask) = (ids.to_vec(), mask.to_vec());
+                self.forward_step(
+                    &ids,
+                    Some(&mask),
+                    &mut cache,
+                    Logits::All,
+                    &mut Trace::off(),
+                )
+                .map_err(|e| e.context(format!("sequence {b} of the batch")))
+            })
+            .collect::<Result<_>>()?;
+        let (b, t) = ids.dim();
+        let mut out = Array3::zeros((b, t, self.config.vocab_size));
+        for (mut dst, src) in out.outer_iter_mut().zip(&rows) {
+            dst.assign(src);
+        }
+        Ok(out)
+    }
+}
+
+/// `[T, C]` → `[n_head, T, d]`: the heads as a separate axis (a copy, for the trace).
+fn split_heads(x: ArrayView2<f32>, n_head: usize) -> Array3<f32> {
+    let (t, c) = x.dim();
+    let d = c / n_head;
+    let mut out = Array3::zeros((n_head, t, d));
+    for (h, mut head) in out.axis_iter_mut(Axis(0)).enumerate() {
+        head.assign(&x.slice(s![.., h * d..(h + 1) * d]));
+    }
+    out
+}
