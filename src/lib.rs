@@ -56,7 +56,7 @@
 //!    [`KvCache`] makes decoding cost one position per token.
 //! 5. **Tokenizer** — [`Tokenizer`]: GPT-2's byte-level BPE through the
 //!    `tokenizers` crate, equal to `transformers`' ids.
-//! 6. **Generation** — `generate`: greedy and sampled decoding with
+//! 6. **Generation** — [`generate`]: greedy and sampled decoding with
 //!    transformers' filters (temperature, top-k, top-p, repetition penalty),
 //!    stop rules, streaming text, batches.
 //!
@@ -72,6 +72,7 @@
 pub mod blocks;
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod model;
 pub mod tokenizer;
 pub mod trace;

@@ -29,7 +29,7 @@ pub fn causal_scores(
     for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
         let pos = tk - tq + i;
         for (j, s) in row.iter_mut().enumerate() {
-            let visible = j <= pos && key_mask.map_or(true, |m| m[j]);
+            let visible = j <= pos && key_mask.is_none_or(|m| m[j]);
             *s = if visible {
                 *s * scale
             } else {

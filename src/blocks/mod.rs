@@ -7,8 +7,8 @@
 //!
 //! | module | concept | PyTorch twin |
 //! |---|---|---|
-//! | [`linear`] | dot product, matrix product, Conv1D `x·W + b` | `torch.dot`, `@`, `transformers.pytorch_utils.Conv1D` |
-//! | [`softmax`] | stable softmax of a vector / of each row | `torch.softmax` |
+//! | [`linear`](mod@linear) | dot product, matrix product, Conv1D `x·W + b` | `torch.dot`, `@`, `transformers.pytorch_utils.Conv1D` |
+//! | [`softmax`](mod@softmax) | stable softmax of a vector / of each row | `torch.softmax` |
 //! | [`norm`] | mean, biased variance, layer norm | `torch.mean`, `torch.var(unbiased=False)`, `nn.LayerNorm` |
 //! | [`activation`] | `gelu_new`, exact GELU, ReLU, ... | `transformers.activations.ACT2FN` |
 //! | [`attention`] | causal scaled dot-product attention, multi-head | `F.scaled_dot_product_attention(is_causal=True)` |

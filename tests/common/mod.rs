@@ -127,7 +127,7 @@ pub fn assert_close(name: &str, got: ArrayViewD<f32>, expected: ArrayViewD<f32>,
         let rank = |used: f64, diff: f64| (used, if diff.is_nan() { f64::INFINITY } else { diff });
         if worst
             .as_ref()
-            .map_or(true, |w| rank(used, diff) > rank(w.used, w.diff))
+            .is_none_or(|w| rank(used, diff) > rank(w.used, w.diff))
         {
             let index = index.slice().to_vec();
             worst = Some(Worst {

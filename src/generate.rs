@@ -1,0 +1,543 @@
+//! Text generation: the key/value-cached decoding loop, the sampling filters
+//! of transformers' `generate`, stop rules, and a streaming decoder that never
+//! prints half a UTF-8 character.
+//!
+//! One step: run the new token(s) through [`Gpt2::forward_step`] with the
+//! cache, take the last position's logits, apply the repetition penalty, then
+//! (when sampling) temperature → top-k → top-p — the order transformers
+//! applies them — and pick the next token: the argmax, or a draw from the
+//! softmax with a seeded generator.
+
+use anyhow::{ensure, Result};
+use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
+use rayon::prelude::*;
+
+use crate::blocks::softmax;
+use crate::model::{Gpt2, KvCache, Logits};
+use crate::tokenizer::Tokenizer;
+use crate::trace::Trace;
+
+/// How to generate. The defaults are transformers' (`do_sample = false`:
+/// greedy), with at most 20 new tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// How many tokens to add at most (≥ 1).
+    pub max_new_tokens: usize,
+    /// Sample from the filtered distribution instead of taking the argmax.
+    pub do_sample: bool,
+    /// Divide the logits by this (> 0) before sampling; below 1 sharpens.
+    pub temperature: f32,
+    /// Keep only the `k` (≥ 1) most likely tokens when sampling.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p` ∈ (0, 1].
+    pub top_p: Option<f32>,
+    /// Penalise tokens already in the sequence (> 0; 1 = none), greedy or not.
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler: the same seed gives the same text.
+    pub seed: u64,
+    /// Stop after generating `<|endoftext|>`.
+    pub stop_at_end_of_text: bool,
+    /// Stop once the generated text contains one of these.
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 20,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: None,
+            seed: 0,
+            stop_at_end_of_text: true,
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Reject options that have no meaning, saying which and why.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.max_new_tokens >= 1,
+            "max_new_tokens is 0: nothing to generate"
+        );
+        ensure!(
+            self.temperature.is_finite() && self.temperature > 0.0,
+            "temperature is {}, it must be > 0 (for greedy decoding set do_sample = false)",
+            self.temperature
+        );
+        if let Some(k) = self.top_k {
+            ensure!(k >= 1, "top_k is 0: at least one token must stay");
+        }
+        if let Some(p) = self.top_p {
+            ensure!(p > 0.0 && p <= 1.0, "top_p is {p}, it must be in (0, 1]");
+        }
+        if let Some(r) = self.repetition_penalty {
+            ensure!(
+                r.is_finite() && r > 0.0,
+                "repetition_penalty is {r}, it must be > 0"
+            );
+        }
+        ensure!(
+            self.stop_strings.iter().all(|s| !s.is_empty()),
+            "a stop string is empty"
+        );
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The filters, each the twin of a transformers logits processor.
+// ---------------------------------------------------------------------------
+
+/// `RepetitionPenaltyLogitsProcessor`: for each distinct token already in
+/// `context`, a positive logit is divided by `penalty`, a negative one multiplied.
+pub fn apply_repetition_penalty(mut logits: ArrayViewMut1<f32>, context: &[u32], penalty: f32) {
+    let mut seen = vec![false; logits.len()];
+    for &id in context {
+        let i = id as usize;
+        if i < logits.len() && !std::mem::replace(&mut seen[i], true) {
+            let l = &mut logits[i];
+            *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
+        }
+    }
+}
+
+/// `TemperatureLogitsWarper`: `logits / temperature`.
+pub fn apply_temperature(mut logits: ArrayViewMut1<f32>, temperature: f32) {
+    logits.mapv_inplace(|l| l / temperature);
+}
+
+/// `TopKLogitsWarper`: every logit below the `k`-th largest becomes `-inf`
+/// (ties with the `k`-th are kept, as in transformers). At least
+/// `min_tokens_to_keep` tokens stay (1 in sampling).
+pub fn apply_top_k(mut logits: ArrayViewMut1<f32>, k: usize, min_tokens_to_keep: usize) {
+    let k = k.max(min_tokens_to_keep).clamp(1, logits.len());
+    let mut sorted: Vec<f32> = logits.to_vec();
+    sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    logits.mapv_inplace(|l| if l < kth { f32::NEG_INFINITY } else { l });
+}
+
+/// `TopPLogitsWarper` (nucleus): sort ascending, and remove the tokens whose
+/// cumulative probability is `≤ 1 - p`, always keeping the
+/// `min_tokens_to_keep` most likely ones (1 in sampling).
+pub fn apply_top_p(mut logits: ArrayViewMut1<f32>, p: f32, min_tokens_to_keep: usize) {
+    let probs = softmax(logits.view());
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b])); // ascending
+    let mut cumulative = 0.0f32;
+    let always_kept = order.len().saturating_sub(min_tokens_to_keep.max(1));
+    for (rank, &i) in order.iter().enumerate() {
+        cumulative += probs[i];
+        if cumulative <= 1.0 - p && rank < always_kept {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// The logits after every filter `options` asks for, in transformers' order.
+pub fn process_logits(
+    logits: ArrayView1<f32>,
+    context: &[u32],
+    options: &GenerateOptions,
+) -> Array1<f32> {
+    let mut scores = logits.to_owned();
+    if let Some(penalty) = options.repetition_penalty {
+        apply_repetition_penalty(scores.view_mut(), context, penalty);
+    }
+    if options.do_sample {
+        if options.temperature != 1.0 {
+            apply_temperature(scores.view_mut(), options.temperature);
+        }
+        if let Some(k) = options.top_k {
+            apply_top_k(scores.view_mut(), k, 1);
+        }
+        if let Some(p) = options.top_p.filter(|&p| p < 1.0) {
+            apply_top_p(scores.view_mut(), p, 1);
+        }
+    }
+    scores
+}
+
+/// Index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(x: ArrayView1<f32>) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A small seeded pseudo-random generator (SplitMix64): the same seed gives
+/// the same stream on every platform, whatever the thread count.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 bits of precision.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Draw an index from the distribution `softmax(scores)` (`-inf` never drawn).
+pub fn sample(scores: ArrayView1<f32>, rng: &mut Rng) -> usize {
+    let probs = softmax(scores);
+    let u = rng.next_f64() * probs.iter().map(|&p| p as f64).sum::<f64>();
+    let mut acc = 0.0f64;
+    let mut last_possible = argmax(probs.view());
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            acc += p as f64;
+            last_possible = i;
+            if u < acc {
+                return i;
+            }
+        }
+    }
+    last_possible
+}
+
+/// Pick the next token from last-position logits.
+fn choose(
+    logits: ArrayView1<f32>,
+    context: &[u32],
+    options: &GenerateOptions,
+    rng: &mut Rng,
+) -> u32 {
+    let scores = process_logits(logits, context, options);
+    let id = if options.do_sample {
+        sample(scores.view(), rng)
+    } else {
+        argmax(scores.view())
+    };
+    id as u32
+}
+
+// ---------------------------------------------------------------------------
+// Streaming text: byte-level tokens → complete UTF-8.
+// ---------------------------------------------------------------------------
+
+/// Turns the bytes of successive tokens into text that is safe to print:
+/// a character split across tokens is held back until it is complete, and
+/// bytes that can never become UTF-8 are printed as `�`.
+#[derive(Clone, Debug, Default)]
+pub struct TextStream {
+    pending: Vec<u8>,
+}
+
+impl TextStream {
+    /// Add a token's bytes; return the text that became complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete character at the end: wait for the next token.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        // Bytes that can never be valid: replace and go on.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is still held back, lossily (at the end of generation).
+    pub fn finish(&mut self) -> String {
+        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        rest
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The loop.
+// ---------------------------------------------------------------------------
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_new_tokens` were generated.
+    MaxNewTokens,
+    /// `<|endoftext|>` was generated.
+    EndOfText,
+    /// The text now contains a stop string.
+    StopString,
+    /// The sequence filled all `n_positions` of the model.
+    ContextFull,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::MaxNewTokens => "reached max_new_tokens",
+            StopReason::EndOfText => "generated <|endoftext|>",
+            StopReason::StopString => "generated a stop string",
+            StopReason::ContextFull => "the context is full (n_positions tokens): stopped early",
+        })
+    }
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub id: u32,
+    /// The text that became printable with this token (may be empty).
+    pub text: String,
+}
+
+/// A generation in progress: an iterator of [`Step`]s, one per new token.
+///
+/// ```no_run
+/// # use gpt2_ndarray::{Gpt2, Tokenizer, generate::{Generation, GenerateOptions}};
+/// # fn main() -> anyhow::Result<()> {
+/// let model = Gpt2::from_dir("models/gpt2")?;
+/// let tokenizer = Tokenizer::from_dir("models/gpt2")?;
+/// let prompt = tokenizer.encode("The capital of France is")?;
+/// let mut generation = Generation::new(&model, &tokenizer, &prompt, GenerateOptions::default())?;
+/// for step in &mut generation {
+///     print!("{}", step?.text);
+/// }
+/// println!("{}", generation.finish_text());
+/// # Ok(()) }
+/// ```
+pub struct Generation<'a> {
+    model: &'a Gpt2,
+    tokenizer: &'a Tokenizer,
+    options: GenerateOptions,
+    cache: KvCache,
+    rng: Rng,
+    /// Prompt and generated ids.
+    ids: Vec<u32>,
+    prompt_len: usize,
+    /// Next-token logits, computed by the last forward step.
+    logits: Array1<f32>,
+    stream: TextStream,
+    text: String,
+    end_of_text: Option<u32>,
+    stop: Option<StopReason>,
+    failed: bool,
+}
+
+impl<'a> Generation<'a> {
+    /// Check the options, run the prompt through the model (the prefill) and
+    /// get ready to generate.
+    pub fn new(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        prompt: &[u32],
+        options: GenerateOptions,
+    ) -> Result<Self> {
+        Self::padded(model, tokenizer, prompt, None, options)
+    }
+
+    /// [`Generation::new`] for a prompt that carries padding: `mask` (`[T]`,
+    /// true at real tokens) marks it, and padding is never attended to nor
+    /// counted as context for the repetition penalty.
+    pub fn padded(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        prompt: &[u32],
+        mask: Option<&[bool]>,
+        options: GenerateOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let mut cache = KvCache::new(model.config.n_layer);
+        let logits =
+            model.forward_step(prompt, mask, &mut cache, Logits::Last, &mut Trace::off())?;
+        let ids: Vec<u32> = match mask {
+            Some(mask) => prompt
+                .iter()
+                .zip(mask)
+                .filter(|(_, &m)| m)
+                .map(|(&id, _)| id)
+                .collect(),
+            None => prompt.to_vec(),
+        };
+        Ok(Generation {
+            model,
+            tokenizer,
+            rng: Rng::new(options.seed),
+            options,
+            cache,
+            prompt_len: ids.len(),
+            ids,
+            logits: logits.row(0).to_owned(),
+            stream: TextStream::default(),
+            text: String::new(),
+            end_of_text: tokenizer.end_of_text(),
+            stop: None,
+            failed: false,
+        })
+    }
+
+    /// The generated ids so far (without the prompt).
+    pub fn generated(&self) -> &[u32] {
+        &self.ids[self.prompt_len..]
+    }
+
+    /// Prompt and generated ids.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Why generation ended (`None` while it goes on, or after an error).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    /// The text held back at the end (an incomplete character, printed lossily).
+    pub fn finish_text(&mut self) -> String {
+        self.stream.finish()
+    }
+
+    /// Choose the next token, then (unless a stop rule fires) run it through
+    /// the model to get the logits of the one after.
+    fn step(&mut self) -> Result<Step> {
+        let id = choose(self.logits.view(), &self.ids, &self.options, &mut self.rng);
+        self.ids.push(id);
+        let text = self.stream.push(&self.tokenizer.token_bytes(id)?);
+        self.text.push_str(&text);
+
+        let n_new = self.ids.len() - self.prompt_len;
+        self.stop = if self.options.stop_at_end_of_text && Some(id) == self.end_of_text {
+            Some(StopReason::EndOfText)
+        } else if self
+            .options
+            .stop_strings
+            .iter()
+            .any(|s| self.text.contains(s.as_str()))
+        {
+            Some(StopReason::StopString)
+        } else if n_new >= self.options.max_new_tokens {
+            Some(StopReason::MaxNewTokens)
+        } else if self.cache.len() >= self.model.config.n_positions {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        };
+        if self.stop.is_none() {
+            let logits = self.model.forward_step(
+                &[id],
+                None,
+                &mut self.cache,
+                Logits::Last,
+                &mut Trace::off(),
+            )?;
+            self.logits = logits.row(0).to_owned();
+        }
+        Ok(Step { id, text })
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Step>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.stop.is_some() || self.failed {
+            return None;
+        }
+        let step = self.step();
+        self.failed = step.is_err();
+        Some(step)
+    }
+}
+
+/// Generate from one prompt; returns the new ids and why it stopped.
+pub fn generate(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+) -> Result<(Vec<u32>, StopReason)> {
+    let mut generation = Generation::new(model, tokenizer, prompt, options.clone())?;
+    run_to_end(&mut generation)
+}
+
+fn run_to_end(generation: &mut Generation<'_>) -> Result<(Vec<u32>, StopReason)> {
+    for step in &mut *generation {
+        step?;
+    }
+    let reason = generation.stop_reason().unwrap_or(StopReason::MaxNewTokens);
+    Ok((generation.generated().to_vec(), reason))
+}
+
+/// Generate from several prompts of different lengths as one left-padded
+/// batch: the prompts are padded on the left to the longest with
+/// `<|endoftext|>`, the prefill runs with the padding masked out (so it changes
+/// nothing), then each sequence decodes until its own stop rule; sequences run
+/// in parallel. Sequence `b` samples with its own generator seeded `seed + b`,
+/// so the result does not depend on the thread count. Returns the new ids of
+/// each prompt.
+pub fn generate_batch(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
+    let (ids, mask) = left_pad(prompts, tokenizer.end_of_text().unwrap_or(0));
+    (0..prompts.len())
+        .into_par_iter()
+        .map(|b| {
+            let options = GenerateOptions {
+                seed: options.seed.wrapping_add(b as u64),
+                ..options.clone()
+            };
+            let (row, row_mask) = (ids.row(b).to_vec(), mask.row(b).to_vec());
+            let mut generation =
+                Generation::padded(model, tokenizer, &row, Some(&row_mask), options)
+                    .map_err(|e| e.context(format!("prompt {b} of the batch")))?;
+            Ok(run_to_end(&mut generation)?.0)
+        })
+        .collect()
+}
+
+/// Pad sequences on the left to the longest: ids `[B, T]` and mask `[B, T]`
+/// (true at real tokens).
+pub fn left_pad(sequences: &[Vec<u32>], pad: u32) -> (Array2<u32>, Array2<bool>) {
+    let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Array2::from_elem((sequences.len(), width), pad);
+    let mut mask = Array2::from_elem((sequences.len(), width), false);
+    for (b, seq) in sequences.iter().enumerate() {
+        let start = width - seq.len();
+        for (t, &id) in seq.iter().enumerate() {
+            ids[[b, start + t]] = id;
+            mask[[b, start + t]] = true;
+        }
+    }
+    (ids, mask)
+}

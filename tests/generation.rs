@@ -1,0 +1,366 @@
+//! Generation: the cache equals recomputation, greedy decoding equals
+//! transformers' `generate`, the sampling filters equal its logits processors,
+//! seeds reproduce, batches equal one-by-one, and the context limit is a clean stop.
+
+mod common;
+
+use common::{assert_close, golden_dir, read_f32, MODEL, SINGLE_OP};
+use gpt2_ndarray::blocks::softmax;
+use gpt2_ndarray::generate::{
+    apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, generate,
+    generate_batch, process_logits, GenerateOptions, Generation, StopReason, TextStream,
+};
+use gpt2_ndarray::{Gpt2, KvCache, Logits, Tokenizer, Trace};
+use ndarray::Ix1;
+use serde_json::Value;
+
+fn model() -> (Gpt2, Tokenizer) {
+    let dir = golden_dir().join("model");
+    (
+        Gpt2::from_dir(&dir).expect("model"),
+        Tokenizer::from_dir(&dir).expect("tokenizer"),
+    )
+}
+
+fn json(path: &str) -> Value {
+    let path = golden_dir().join(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("json")
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+#[test]
+fn cached_decoding_gives_the_logits_of_a_full_recompute_at_every_step() {
+    let (model, tokenizer) = model();
+    let mut ids = tokenizer
+        .encode("The cache must not change a thing")
+        .unwrap();
+    let mut cache = KvCache::new(model.config.n_layer);
+    let mut logits = model
+        .forward_step(&ids, None, &mut cache, Logits::Last, &mut Trace::off())
+        .unwrap();
+    for step in 0..24 {
+        let full = model.forward(&ids).unwrap();
+        let last = full.row(full.nrows() - 1);
+        assert_close(
+            &format!("step {step}"),
+            logits.row(0).into_dyn(),
+            last.into_dyn(),
+            MODEL,
+        );
+        let next = gpt2_ndarray::generate::argmax(logits.row(0)) as u32;
+        ids.push(next);
+        logits = model
+            .forward_step(&[next], None, &mut cache, Logits::Last, &mut Trace::off())
+            .unwrap();
+    }
+}
+
+#[test]
+fn greedy_continuations_are_transformers_token_for_token() {
+    let (model, tokenizer) = model();
+    let cases = json("reference/generate.json");
+    let cases = cases["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let prompt = u32s(&case["ids"]);
+        let expected = u32s(&case["new_ids"]);
+        let options = GenerateOptions {
+            max_new_tokens: expected.len(),
+            stop_at_end_of_text: false,
+            ..GenerateOptions::default()
+        };
+        let (got, _) = generate(&model, &tokenizer, &prompt, &options).unwrap();
+        assert_eq!(
+            got,
+            expected,
+            "greedy continuation of {} prompt tokens",
+            prompt.len()
+        );
+    }
+}
+
+/// Each filter alone, then all of them in `generate`'s order, against the
+/// scores transformers' processors give for the same logits.
+#[test]
+fn sampling_filters_give_the_distributions_of_transformers_logits_processors() {
+    let golden = json("reference/filters/cases.json");
+    let logits = read_f32(golden_dir().join("reference/filters/logits.npy"));
+    let logits = logits.into_dimensionality::<Ix1>().expect("[vocab]");
+    let context = u32s(&golden["ids"]);
+    let expected =
+        |name: &str| read_f32(golden_dir().join(format!("reference/filters/{name}.npy")));
+    let number = |case: &str, field: &str| golden["cases"][case][field].as_f64().expect(field);
+
+    let mut filtered = Vec::new();
+    for (name, case) in golden["cases"].as_object().expect("cases") {
+        let mut scores = logits.clone();
+        let min_keep = case["min_tokens_to_keep"].as_u64().unwrap_or(1) as usize;
+        match case["processor"].as_str() {
+            Some("TemperatureLogitsWarper") => {
+                apply_temperature(scores.view_mut(), number(name, "temperature") as f32)
+            }
+            Some("TopKLogitsWarper") => {
+                apply_top_k(scores.view_mut(), number(name, "top_k") as usize, min_keep)
+            }
+            Some("TopPLogitsWarper") => {
+                apply_top_p(scores.view_mut(), number(name, "top_p") as f32, min_keep)
+            }
+            Some("RepetitionPenaltyLogitsProcessor") => apply_repetition_penalty(
+                scores.view_mut(),
+                &context,
+                number(name, "penalty") as f32,
+            ),
+            _ => continue, // the combined case, below
+        }
+        assert_close(
+            name,
+            scores.view().into_dyn(),
+            expected(name).view(),
+            SINGLE_OP,
+        );
+        filtered.push(name.clone());
+    }
+    assert_eq!(filtered.len(), 5, "cases checked: {filtered:?}");
+
+    let options = GenerateOptions {
+        do_sample: true,
+        repetition_penalty: Some(1.3),
+        temperature: 0.7,
+        top_k: Some(50),
+        top_p: Some(0.9),
+        ..GenerateOptions::default()
+    };
+    let combined = process_logits(logits.view(), &context, &options);
+    assert_close(
+        "combined",
+        combined.view().into_dyn(),
+        expected("combined").view(),
+        SINGLE_OP,
+    );
+    let probs = softmax(combined.view());
+    assert_close(
+        "combined.probs",
+        probs.view().into_dyn(),
+        expected("combined.probs").view(),
+        SINGLE_OP,
+    );
+}
+
+fn sampled(model: &Gpt2, tokenizer: &Tokenizer, seed: u64) -> Vec<u32> {
+    let prompt = tokenizer.encode("Once upon a time").unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 16,
+        do_sample: true,
+        temperature: 1.3,
+        top_k: Some(200),
+        top_p: Some(0.95),
+        seed,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    generate(model, tokenizer, &prompt, &options).unwrap().0
+}
+
+#[test]
+fn the_same_seed_gives_the_same_text_whatever_the_thread_count() {
+    let (model, tokenizer) = model();
+    let reference = sampled(&model, &tokenizer, 42);
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let again = pool.install(|| sampled(&model, &tokenizer, 42));
+        assert_eq!(again, reference, "{threads} threads");
+    }
+    assert_ne!(
+        sampled(&model, &tokenizer, 43),
+        reference,
+        "another seed, another text"
+    );
+}
+
+#[test]
+fn a_left_padded_batch_generates_what_each_prompt_generates_alone() {
+    let (model, tokenizer) = model();
+    let prompts: Vec<Vec<u32>> = [
+        "Hi",
+        "The quick brown fox jumps over",
+        "A long time ago, in",
+    ]
+    .iter()
+    .map(|p| tokenizer.encode(p).unwrap())
+    .collect();
+    for do_sample in [false, true] {
+        let options = GenerateOptions {
+            max_new_tokens: 12,
+            do_sample,
+            top_k: Some(50),
+            seed: 7,
+            stop_at_end_of_text: false,
+            ..GenerateOptions::default()
+        };
+        let batch = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
+        for (b, prompt) in prompts.iter().enumerate() {
+            let alone = GenerateOptions {
+                seed: 7 + b as u64,
+                ..options.clone()
+            };
+            let (expected, _) = generate(&model, &tokenizer, prompt, &alone).unwrap();
+            assert_eq!(batch[b], expected, "prompt {b}, do_sample {do_sample}");
+        }
+    }
+}
+
+#[test]
+fn generation_stops_cleanly_when_the_context_is_full() {
+    let (model, tokenizer) = model();
+    let n = model.config.n_positions;
+    let prompt = vec![464u32; n - 3];
+    let options = GenerateOptions {
+        max_new_tokens: 50,
+        stop_at_end_of_text: false,
+        ..Default::default()
+    };
+    let mut generation = Generation::new(&model, &tokenizer, &prompt, options).unwrap();
+    let steps: Vec<_> = (&mut generation).collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        steps.len(),
+        4,
+        "the last cached position predicts one more token"
+    );
+    assert_eq!(generation.stop_reason(), Some(StopReason::ContextFull));
+
+    let too_long = vec![464u32; n + 1];
+    let err = Generation::new(&model, &tokenizer, &too_long, GenerateOptions::default())
+        .err()
+        .expect("a prompt longer than the context is an error");
+    assert!(err.to_string().contains("n_positions"), "{err}");
+}
+
+#[test]
+fn stop_strings_and_end_of_text_end_generation() {
+    let (model, tokenizer) = model();
+    let prompt = tokenizer.encode("Hello").unwrap();
+    let free = GenerateOptions {
+        max_new_tokens: 10,
+        stop_at_end_of_text: false,
+        ..Default::default()
+    };
+    let (ids, _) = generate(&model, &tokenizer, &prompt, &free).unwrap();
+    let text = tokenizer.decode(&ids[..3]).unwrap();
+    let stop = text
+        .chars()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<String>();
+    let options = GenerateOptions {
+        stop_strings: vec![stop.clone()],
+        ..free
+    };
+    let (stopped, reason) = generate(&model, &tokenizer, &prompt, &options).unwrap();
+    assert_eq!(reason, StopReason::StopString);
+    assert!(
+        stopped.len() <= 3,
+        "stopped at {stop:?} after {} tokens",
+        stopped.len()
+    );
+}
+
+#[test]
+fn streaming_never_prints_half_a_character() {
+    let mut stream = TextStream::default();
+    let smile = "🙂".as_bytes(); // 4 bytes
+    assert_eq!(stream.push(&smile[..1]), "");
+    assert_eq!(stream.push(&smile[1..3]), "");
+    assert_eq!(stream.push(&[smile[3], b'!']), "🙂!");
+    assert_eq!(
+        stream.push(&[0xff, b'a']),
+        "\u{fffd}a",
+        "invalid bytes become U+FFFD"
+    );
+    assert_eq!(stream.push(&"é".as_bytes()[..1]), "");
+    assert_eq!(
+        stream.finish(),
+        "\u{fffd}",
+        "an unfinished character at the end"
+    );
+}
+
+#[test]
+fn meaningless_options_are_refused_with_a_reason() {
+    let (model, tokenizer) = model();
+    let prompt = tokenizer.encode("Hello").unwrap();
+    let cases = [
+        (
+            GenerateOptions {
+                max_new_tokens: 0,
+                ..Default::default()
+            },
+            "max_new_tokens",
+        ),
+        (
+            GenerateOptions {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            "temperature",
+        ),
+        (
+            GenerateOptions {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            "temperature",
+        ),
+        (
+            GenerateOptions {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            "top_k",
+        ),
+        (
+            GenerateOptions {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            "top_p",
+        ),
+        (
+            GenerateOptions {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+            "top_p",
+        ),
+        (
+            GenerateOptions {
+                repetition_penalty: Some(0.0),
+                ..Default::default()
+            },
+            "repetition_penalty",
+        ),
+    ];
+    for (options, word) in cases {
+        let err = generate(&model, &tokenizer, &prompt, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(word), "expected {word:?} in {err}");
+    }
+    let err = generate(&model, &tokenizer, &[], &GenerateOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    let err = generate(&model, &tokenizer, &[50257], &GenerateOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
