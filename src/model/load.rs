@@ -1,6 +1,7 @@
 //! From a Hugging Face model directory to [`Gpt2`]: the one place where
 //! checkpoint keys become struct fields.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
 
 use super::{Attention, Block, Gpt2, Mlp};
 use crate::blocks::{Conv1D, LayerNorm};
-use crate::checkpoint::{pytorch::read_pytorch_bin, safetensors::read_safetensors, Tensors};
+use crate::checkpoint::{pytorch::read_pytorch_bin, safetensors::read_safetensors, Dtype, Tensors};
 use crate::config::Config;
 
 /// The two weight files a GPT-2 directory may hold.
@@ -103,7 +104,7 @@ impl Gpt2 {
         } else {
             Some(store.matrix("lm_head.weight", [config.vocab_size, c]))
         };
-        store.finish()?;
+        let stored_bytes = store.finish()?;
         Ok(Gpt2 {
             config,
             wte,
@@ -111,6 +112,7 @@ impl Gpt2 {
             h,
             ln_f,
             lm_head,
+            stored_bytes,
         })
     }
 }
@@ -124,10 +126,12 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The tensors not yet moved into the model, and the problems found so far.
+/// The tensors not yet moved into the model, the problems found so far, and
+/// the stored bytes of the tensors taken, by dtype.
 struct Store {
     tensors: Tensors,
     problems: Vec<String>,
+    stored_bytes: BTreeMap<Dtype, usize>,
 }
 
 impl Store {
@@ -142,6 +146,7 @@ impl Store {
         Store {
             tensors,
             problems: Vec::new(),
+            stored_bytes: BTreeMap::new(),
         }
     }
 
@@ -165,6 +170,8 @@ impl Store {
             ));
             return None;
         }
+        *self.stored_bytes.entry(tensor.dtype).or_default() +=
+            tensor.array.len() * tensor.dtype.size();
         Some(tensor.array)
     }
 
@@ -196,8 +203,9 @@ impl Store {
         }
     }
 
-    /// Fail with every problem found, and any tensor nobody asked for.
-    fn finish(self) -> Result<()> {
+    /// Fail with every problem found, and any tensor nobody asked for; else
+    /// return the stored bytes by dtype.
+    fn finish(self) -> Result<BTreeMap<Dtype, usize>> {
         let mut problems = self.problems;
         problems.extend(
             self.tensors
@@ -206,7 +214,7 @@ impl Store {
                 .map(|k| format!("unexpected tensor {k}")),
         );
         if problems.is_empty() {
-            return Ok(());
+            return Ok(self.stored_bytes);
         }
         let mut msg = format!(
             "the checkpoint does not fit config.json ({} problems):",

@@ -11,11 +11,14 @@
 //! The forward pass is [`Gpt2::forward_step`]; everything else is a convenience
 //! on top of it. Dropout is the identity at inference and does not appear.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::blocks::{conv1d, layer_norm, multi_head_attention, Conv1D, LayerNorm};
+use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::trace::Trace;
 
@@ -40,6 +43,9 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     /// `lm_head.weight` `[vocab, C]`, only when the config unties it from `wte`.
     pub lm_head: Option<Array2<f32>>,
+    /// Bytes the parameters took in the checkpoint, by stored dtype (they are
+    /// all `f32` here). Empty for a model not read from a file.
+    pub stored_bytes: BTreeMap<Dtype, usize>,
 }
 
 /// One transformer block (`GPT2Block`).
