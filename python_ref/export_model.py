@@ -3,7 +3,7 @@
     python3 python_ref/export_model.py                     # mode 1: the committed random model
     python3 python_ref/export_model.py --model DIR [--out OUT]   # mode 2: references for DIR
 
-Mode 1 writes, under golden/ (about 28 MB in all):
+Mode 1 writes, under golden/ (about 30 MB in all):
 
 * golden/model/: a random GPT2LMHeadModel (vocab 50257, n_positions 128, n_embd 48,
   3 layers, 4 heads, gelu_new) as a Hugging Face directory: config.json,
@@ -177,6 +177,7 @@ def legacy_state_dict(model):
     finally:
         for attn in attns:
             attn._non_persistent_buffers_set.update({"bias", "masked_bias"})
+    assert "_metadata" in vars(sd)  # pickled too (a BUILD of the OrderedDict), as in real files
     p = model.config.n_positions
     for key in list(sd):
         if key.endswith(".attn.bias"):
@@ -264,22 +265,30 @@ def _split_pickles(data, n):
 
 
 def check_legacy_bin(data, key_of, state_dict):
-    """Our bytes = torch's legacy writer's bytes with the storage keys renamed; and
-    torch.load (weights_only, as transformers loads it) gives back every tensor."""
+    """Our bytes are torch's legacy writer's bytes with the storage keys renamed (and the
+    storages reordered by the new keys), and torch.load(weights_only=True), as
+    transformers loads a .bin, gives back every tensor."""
     buf = io.BytesIO()
     torch.save(state_dict, buf, _use_new_zipfile_serialization=False)
     theirs = buf.getvalue()
     binunicode = lambda k: b"X" + struct.pack("<I", len(k)) + k.encode()  # noqa: E731
-    head = theirs[: _split_pickles(theirs, 4)]  # magic, version, sys info, state dict
-    for t in state_dict.values():
-        old = str(t.untyped_storage()._cdata)
+    head_end = _split_pickles(theirs, 4)  # magic, version, sys info, state dict
+    head = theirs[:head_end]
+    f = io.BytesIO(theirs[head_end:])
+    their_keys = pickle.load(f)
+    old_to_new = {str(t.untyped_storage()._cdata): key_of[t.untyped_storage().data_ptr()]
+                  for t in state_dict.values()}
+    nbytes = {str(t.untyped_storage()._cdata): 8 + t.untyped_storage().nbytes() for t in state_dict.values()}
+    assert sorted(their_keys) == their_keys and set(their_keys) == set(old_to_new)
+    blocks = {old_to_new[k]: f.read(nbytes[k]) for k in their_keys}
+    assert f.read() == b""
+    for old, new in old_to_new.items():
         assert head.count(binunicode(old)) == 1
-        head = head.replace(binunicode(old), binunicode(key_of[t.untyped_storage().data_ptr()]))
-    assert data.startswith(head), "legacy header differs from torch.save's"
-    assert len(data) - len(head) == len(theirs) - _split_pickles(theirs, 4) + (
-        len(pickle.dumps(sorted(key_of.values()), protocol=2))
-        - len(pickle.dumps(sorted(str(t.untyped_storage()._cdata) for t in state_dict.values()), protocol=2))
-    )
+        head = head.replace(binunicode(old), binunicode(new))
+    new_keys = sorted(blocks)
+    assert data == head + pickle.dumps(new_keys, protocol=2) + b"".join(blocks[k] for k in new_keys)
+    first_use = [key_of[t.untyped_storage().data_ptr()] for t in state_dict.values()]
+    assert first_use != new_keys, "storages must not be stored in the order of first use"
     loaded = torch.load(io.BytesIO(data), weights_only=True)
     assert list(loaded) == list(state_dict)
     for k, v in state_dict.items():
@@ -313,12 +322,11 @@ def verify_model_dir(model, out, ids):
             with tempfile.TemporaryDirectory() as tmp:
                 for name in ["config.json", fmt]:
                     shutil.copyfile(out / name, Path(tmp) / name)
-                re = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager", dtype=torch.float32)
-                re.eval()
-                got = re(ids).logits
-                assert torch.equal(got, want), f"reloading {fmt} changed the logits"
+                reloaded = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager", dtype=torch.float32)
+                reloaded.eval()
+                assert torch.equal(reloaded(ids).logits, want), f"reloading {fmt} changed the logits"
                 for k, v in model.state_dict().items():
-                    assert torch.equal(re.state_dict()[k], v), f"{fmt}: {k} differs"
+                    assert torch.equal(reloaded.state_dict()[k], v), f"{fmt}: {k} differs"
     # The .bin by itself, as a plain state dict.
     sd = torch.load(out / "pytorch_model.bin", weights_only=True)
     expected = model.transformer.state_dict()
@@ -456,7 +464,7 @@ def check_trace(model, ids, t):
         assert torch.equal(torch.isneginf(s), upper.expand(H, T, T)), "masked = strictly above the diagonal"
         assert torch.isfinite(s[:, ~upper]).all()
         q, k = t[p + "attn.q"], t[p + "attn.k"]
-        scale = (C // H) ** 0.5 * ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
+        scale = ((C // H) ** 0.5 if cfg.scale_attn_weights else 1) * ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
         want = (q @ k.transpose(-1, -2)) / scale
         assert torch.allclose(s[:, ~upper], want[:, ~upper], atol=1e-4, rtol=1e-4), "q/k split"
         merged = (t[p + "attn.probs"] @ t[p + "attn.v"]).transpose(0, 1).reshape(T, C)
@@ -472,7 +480,7 @@ def check_trace(model, ids, t):
 def save_npy(path, x, dtype=np.float32):
     path.parent.mkdir(parents=True, exist_ok=True)
     a = x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    np.save(path, np.ascontiguousarray(a, dtype=dtype))
+    np.save(path, np.array(a, dtype=dtype, order="C"))  # (ascontiguousarray would make a scalar [1])
 
 
 def to_json(obj, indent=0):
@@ -527,7 +535,7 @@ def write_traces(model, tok, out):
             ids = tok(text).input_ids
             assert 1 <= len(ids) <= 12, (text, ids)
             t = rec.run(ids)
-            assert list(t) == names or sorted(t) == sorted(names), sorted(set(t) ^ set(names))
+            assert list(t) == names, sorted(set(t) ^ set(names))  # every step, in forward order
             check_trace(model, ids, t)
             save_npy(out / name / "ids.npy", ids, np.int64)
             for n in names:
@@ -545,7 +553,7 @@ def write_traces(model, tok, out):
 def write_generate(model, tok, out):
     n_new = 20
     long_len = min(100, model.config.n_positions - n_new)
-    long_ids = tok(LONG_TEXT).input_ids[:long_len]
+    long_ids = tok(LONG_TEXT, verbose=False).input_ids[:long_len]  # longer than the model: cut
     assert len(long_ids) == long_len
     cases = [
         ("g0", PROMPTS[0][1], tok(PROMPTS[0][1]).input_ids),
@@ -733,6 +741,7 @@ TOKENIZATION_CASES = [
     "1,000",
     "In 2019, 1.5B parameters cost $43,000.",
     "!!!???...",
+    "spaces before punctuation , like this ! or this ? and do n't , I 'm sure .",
     "--",
     "a -- b --- c",
     "café naïve résumé",
@@ -882,6 +891,8 @@ def mode_random(tokenizer_dir):
     assert min(f["combined"]["top_p_cum_above_cut"], f["combined"]["top_p_cum_below_cut"]) > 1e-4
     dtypes = write_dtypes(GOLDEN / "checkpoints")
     print(f"dtypes.safetensors: {', '.join(dtypes)}")
+    for f in sorted(model_dir.iterdir()):
+        print(f"  golden/model/{f.name}: {f.stat().st_size:,} bytes")
     paths = [model_dir, ref, GOLDEN / "checkpoints" / "dtypes.safetensors"]
     summary(paths, stats)
     for g in gen:
@@ -892,10 +903,10 @@ def mode_random(tokenizer_dir):
 
 def mode_dir(model_dir, out, tokenizer_dir):
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
-    try:
+    if any((Path(model_dir) / f).is_file() for f in ["tokenizer.json", "vocab.json"]):
         tok = AutoTokenizer.from_pretrained(model_dir)
         source = f"AutoTokenizer.from_pretrained(model_dir) -> {type(tok).__name__}"
-    except (OSError, ValueError, TypeError):
+    else:
         tok = GPT2TokenizerFast(vocab_file=str(tokenizer_dir / "vocab.json"),
                                 merges_file=str(tokenizer_dir / "merges.txt"))
         source = "GPT2TokenizerFast from --tokenizer-dir (the model directory has no tokenizer)"
