@@ -1,4 +1,5 @@
 //! What the examples share: finding a model directory when none is given.
+#![allow(dead_code)] // each example uses part of it
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use super::linear::matmul;
 use super::softmax::softmax_inplace;
 
 /// The attention scores of `Tq` queries against `Tk` keys, scaled and causally masked:
@@ -25,7 +26,7 @@ pub fn causal_scores(
 ) -> Array2<f32> {
     let (tq, tk) = (q.nrows(), k.nrows());
     assert!(tq <= tk, "causal_scores: {tq} queries but only {tk} keys");
-    let mut scores = q.dot(&k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
+    let mut scores = matmul(q, k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
     for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
         let pos = tk - tq + i;
         for (j, s) in row.iter_mut().enumerate() {
@@ -66,7 +67,7 @@ pub fn scaled_dot_product_attention(
 ) -> Array2<f32> {
     let mut probs = causal_scores(q, k, scale, None);
     probs.rows_mut().into_iter().for_each(softmax_inplace);
-    probs.dot(&v) // [Tq, Tk] · [Tk, d] -> [Tq, d]
+    matmul(probs.view(), v) // [Tq, Tk] · [Tk, d] -> [Tq, d]
 }
 
 /// The attention maps of every head, kept when a caller asks for them.
@@ -123,31 +124,51 @@ fn attend_heads(
         0,
         "width {c} is not divisible by {n_head} heads"
     );
+    assert!(tq <= tk, "attention: {tq} queries but only {tk} keys");
     let d = c / n_head;
-    type Head = (Array2<f32>, Option<(Array2<f32>, Array2<f32>)>);
-    let heads: Vec<Head> = (0..n_head)
-        .into_par_iter()
-        .map(|h| {
-            let cols = s![.., h * d..(h + 1) * d];
-            let mut probs = causal_scores(q.slice(cols), k.slice(cols), scale, key_mask);
-            let scores = keep_maps.then(|| probs.clone());
-            probs.rows_mut().into_iter().for_each(softmax_inplace);
-            let out = probs.dot(&v.slice(cols)); // [Tq, Tk] · [Tk, d] -> [Tq, d]
-            (out, scores.map(|scores| (scores, probs)))
-        })
-        .collect();
-
     let mut merged = Array2::zeros((tq, c));
     let mut maps = keep_maps.then(|| AttentionMaps {
-        scores: Array3::zeros((n_head, tq, tk)),
+        scores: Array3::from_elem((n_head, tq, tk), f32::NEG_INFINITY),
         probs: Array3::zeros((n_head, tq, tk)),
     });
-    for (h, (out, head_maps)) in heads.into_iter().enumerate() {
-        merged.slice_mut(s![.., h * d..(h + 1) * d]).assign(&out);
-        if let (Some(maps), Some((scores, probs))) = (maps.as_mut(), head_maps) {
-            maps.scores.index_axis_mut(Axis(0), h).assign(&scores);
-            maps.probs.index_axis_mut(Axis(0), h).assign(&probs);
-        }
-    }
+    let head_maps = maps.as_mut().map(|m| {
+        m.scores
+            .axis_iter_mut(Axis(0))
+            .zip(m.probs.axis_iter_mut(Axis(0)))
+            .map(Some)
+            .collect::<Vec<_>>()
+    });
+    let head_maps = head_maps.unwrap_or_else(|| (0..n_head).map(|_| None).collect());
+    merged
+        .axis_chunks_iter_mut(Axis(1), d)
+        .into_par_iter()
+        .zip(head_maps)
+        .enumerate()
+        .for_each(|(h, (mut out, mut maps))| {
+            let cols = s![.., h * d..(h + 1) * d];
+            let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
+            // Queries in blocks: block rows r0..r1 see only the keys before
+            // position tk - tq + r1, so the masked upper triangle is skipped.
+            for (b, q_block) in q.axis_chunks_iter(Axis(0), QUERY_BLOCK).enumerate() {
+                let r0 = b * QUERY_BLOCK;
+                let r1 = r0 + q_block.nrows();
+                let visible = tk - tq + r1;
+                let mask = key_mask.map(|m| m.slice_move(s![..visible]));
+                let mut probs = causal_scores(q_block, k.slice(s![..visible, ..]), scale, mask);
+                if let Some((scores, _)) = maps.as_mut() {
+                    scores.slice_mut(s![r0..r1, ..visible]).assign(&probs);
+                }
+                probs.rows_mut().into_iter().for_each(softmax_inplace);
+                let block_out = matmul(probs.view(), v.slice(s![..visible, ..])); // [rows, d]
+                out.slice_mut(s![r0..r1, ..]).assign(&block_out);
+                if let Some((_, maps_probs)) = maps.as_mut() {
+                    maps_probs.slice_mut(s![r0..r1, ..visible]).assign(&probs);
+                }
+            }
+        });
     (merged, maps)
 }
+
+/// Queries attended together: a block of rows only computes scores for the
+/// keys its last row can see.
+const QUERY_BLOCK: usize = 64;

@@ -18,9 +18,11 @@ pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
 
 /// Matrix product `C = A · B`, `Cᵢⱼ = Σₖ Aᵢₖ Bₖⱼ`.
 ///
-/// Shapes: `a: [m, k]`, `b: [k, n]` → `[m, n]`. Runs ndarray's `dot`, which
-/// hands `f32` products to the `matrixmultiply` GEMM kernel (any strides, so a
-/// transposed view costs no copy).
+/// Shapes: `a: [m, k]`, `b: [k, n]` → `[m, n]`. Any strides, so a transposed
+/// view (`w.t()`) costs no copy. With a few rows (decoding) it streams `b` once
+/// through a matrix–vector kernel; with many (a prompt) it runs
+/// `matrixmultiply`'s GEMM on tiles in parallel — see [`super::gemm`]. The
+/// result never depends on the number of threads.
 ///
 /// ```
 /// use ndarray::array;
@@ -30,7 +32,20 @@ pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
 /// assert_eq!(matmul(a.view(), b.view()), array![[19.0, 22.0], [43.0, 50.0]]);
 /// ```
 pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
-    a.dot(&b)
+    let mut c = Array2::zeros((a.nrows(), b.ncols()));
+    super::gemm::matmul_into(a, b, c.view_mut());
+    c
+}
+
+/// The plain definition of [`matmul`], one dot product per output, kept as
+/// the reference the fast kernels are tested against.
+pub fn matmul_naive(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+    assert_eq!(
+        a.ncols(),
+        b.nrows(),
+        "matmul_naive: inner dimensions differ"
+    );
+    Array2::from_shape_fn((a.nrows(), b.ncols()), |(i, j)| a.row(i).dot(&b.column(j)))
 }
 
 /// Linear layer in the `Conv1D` layout that GPT-2 checkpoints use:
@@ -48,7 +63,7 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// assert_eq!(linear(x.view(), w.view(), b.view()), array![[1.5, 2.5, 3.5]]);
 /// ```
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
-    let mut y = x.dot(&w); // [T, in] · [in, out] -> [T, out]
+    let mut y = matmul(x, w); // [T, in] · [in, out] -> [T, out]
     Zip::from(y.rows_mut()).for_each(|mut row| row += &b);
     y
 }

@@ -17,6 +17,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod gemm;
 pub mod linear;
 pub mod norm;
 pub mod softmax;
@@ -26,6 +27,6 @@ pub use attention::{
     causal_scores, multi_head_attention, multi_head_attention_with_maps,
     scaled_dot_product_attention, AttentionMaps,
 };
-pub use linear::{conv1d, dot, linear, matmul, Conv1D};
+pub use linear::{conv1d, dot, linear, matmul, matmul_naive, Conv1D};
 pub use norm::{layer_norm, mean, variance, LayerNorm};
 pub use softmax::{softmax, softmax_inplace, softmax_rows};

@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::blocks::{conv1d, layer_norm, multi_head_attention, Conv1D, LayerNorm};
+use crate::blocks::{conv1d, layer_norm, matmul, multi_head_attention, Conv1D, LayerNorm};
 use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::trace::Trace;
@@ -231,7 +231,7 @@ impl Gpt2 {
     /// `[T, C]` → `[T, vocab]`. The transpose is a view: no copy of `W`.
     fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let w = self.lm_head.as_ref().unwrap_or(&self.wte);
-        x.dot(&w.t())
+        matmul(x, w.t()) // [T, C] · [C, vocab]
     }
 
     /// Reject a step the model cannot run, with a message that says why.
@@ -280,6 +280,18 @@ impl Gpt2 {
     /// parallel; at real positions each equals the unpadded sequence's own
     /// logits, at padding positions the values are meaningless.
     pub fn forward_batch(&self, ids: &Array2<u32>, mask: &Array2<bool>) -> Result<Array3<f32>> {
+        self.forward_batch_with(ids, mask, Logits::All)
+    }
+
+    /// [`Gpt2::forward_batch`] with the choice of positions for the head:
+    /// `Logits::Last` gives `[B, 1, vocab]`, the next-token logits of each row
+    /// (with left padding, the last position is real in every row).
+    pub fn forward_batch_with(
+        &self,
+        ids: &Array2<u32>,
+        mask: &Array2<bool>,
+        logits: Logits,
+    ) -> Result<Array3<f32>> {
         ensure!(
             ids.dim() == mask.dim(),
             "ids are {:?} but the attention mask is {:?}",
@@ -294,18 +306,12 @@ impl Gpt2 {
             .map(|(b, (ids, mask))| {
                 let mut cache = KvCache::new(self.config.n_layer);
                 let (ids, mask) = (ids.to_vec(), mask.to_vec());
-                self.forward_step(
-                    &ids,
-                    Some(&mask),
-                    &mut cache,
-                    Logits::All,
-                    &mut Trace::off(),
-                )
-                .map_err(|e| e.context(format!("sequence {b} of the batch")))
+                self.forward_step(&ids, Some(&mask), &mut cache, logits, &mut Trace::off())
+                    .map_err(|e| e.context(format!("sequence {b} of the batch")))
             })
             .collect::<Result<_>>()?;
-        let (b, t) = ids.dim();
-        let mut out = Array3::zeros((b, t, self.config.vocab_size));
+        let t = rows.first().map_or(0, |r| r.nrows());
+        let mut out = Array3::zeros((rows.len(), t, self.config.vocab_size));
         for (mut dst, src) in out.outer_iter_mut().zip(&rows) {
             dst.assign(src);
         }
