@@ -74,6 +74,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod perplexity;
 pub mod tokenizer;
 pub mod trace;
 

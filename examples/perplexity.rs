@@ -1,0 +1,72 @@
+//! Perplexity of a text file under a GPT-2, over sliding windows.
+//!
+//! ```text
+//! cargo run --release --example perplexity -- --file text.txt [--model DIR] [--stride 512]
+//! ```
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gpt2_ndarray::{perplexity::perplexity, Gpt2, Tokenizer};
+
+/// Compute the perplexity of a text file.
+#[derive(Parser)]
+struct Args {
+    /// The text file to score.
+    #[arg(long)]
+    file: PathBuf,
+    /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Tokens between window starts (default: n_positions, non-overlapping windows).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Score only the first N tokens.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (dir, note) = common::resolve_model(args.model)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let model = Gpt2::from_dir(&dir)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut ids = tokenizer.encode(&text)?;
+    if let Some(n) = args.max_tokens {
+        ids.truncate(n);
+    }
+    let stride = args.stride.unwrap_or(model.config.n_positions);
+    eprintln!(
+        "{} tokens, windows of {} every {stride}",
+        ids.len(),
+        model.config.n_positions
+    );
+    let start = Instant::now();
+    let result = perplexity(&model, &ids, stride, |done, total| {
+        let width = 40;
+        let filled = done * width / total;
+        eprint!(
+            "\r[{}{}] {done}/{total} windows, {:.0} s",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            start.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    })?;
+    eprintln!();
+    println!("model:      {}", dir.display());
+    println!("tokens:     {} scored", result.tokens);
+    println!("loss:       {:.6} nats/token", result.mean_nll());
+    println!("perplexity: {:.4}", result.perplexity());
+    Ok(())
+}
