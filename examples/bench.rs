@@ -1,0 +1,370 @@
+//! Benchmark on a GPT-2-small-shaped model with random weights (124M
+//! parameters, fp32), written to a temporary safetensors directory and never
+//! committed. Measures the machine too, and prints every figure as a fraction
+//! of its limit, as a table and as JSON.
+//!
+//! ```text
+//! cargo run --release --example bench                     # 1 and 2 threads
+//! cargo run --release --example bench -- --threads 2 --json target/bench-rust.json
+//! ```
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gpt2_ndarray::generate::{generate, GenerateOptions, Rng};
+use gpt2_ndarray::{blocks::matmul, Config, Gpt2, Tokenizer};
+use ndarray::Array2;
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2])]
+    threads: Vec<usize>,
+    /// Write the results as JSON here.
+    #[arg(long, default_value = "target/bench-rust.json")]
+    json: PathBuf,
+    /// Fewer repetitions (for a quick look).
+    #[arg(long)]
+    quick: bool,
+    /// Internal: measure peak memory of load + T=1024 prefill + 128 tokens in this process.
+    #[arg(long, hide = true)]
+    rss_probe: Option<PathBuf>,
+}
+
+const PREFILL: [usize; 5] = [1, 16, 128, 512, 1024];
+const DECODE_PROMPT: usize = 16;
+const DECODE_NEW: usize = 128;
+const BATCH: (usize, usize) = (8, 128);
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(dir) = &args.rss_probe {
+        return rss_probe(dir);
+    }
+    let dir = std::env::temp_dir().join(format!("gpt2-ndarray-bench-{}", std::process::id()));
+    eprintln!(
+        "writing a random GPT-2 small (124M parameters, f32) to {}",
+        dir.display()
+    );
+    write_random_gpt2(&dir)?;
+    let result = run(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(args: &Args, dir: &Path) -> Result<()> {
+    let tokenizer =
+        Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
+    let reps = if args.quick { 1 } else { 3 };
+    let mut runs = Vec::new();
+    for &threads in &args.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        eprintln!("measuring with {threads} thread(s)...");
+        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps))?);
+    }
+    let rss = peak_rss_of_probe(dir)?;
+    let report = json!({
+        "model": "gpt2 (124M, random weights, f32, safetensors)",
+        "runs": runs,
+        "peak_rss_mb": rss,
+    });
+    print_table(&report);
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("JSON written to {}", args.json.display());
+    Ok(())
+}
+
+/// Everything at one thread count.
+fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Result<Value> {
+    let bandwidth = read_bandwidth_gbs();
+    let gflops = matmul_gflops();
+
+    let ttfl = best_of(reps, || {
+        let model = Gpt2::from_dir(dir).expect("load");
+        model.next_token_logits(&[464]).expect("forward");
+    });
+    let model = Gpt2::from_dir(dir)?;
+    let cfg = model.config.clone();
+    let mut rng = Rng::new(1);
+    let mut ids = |n: usize| {
+        (0..n)
+            .map(|_| (rng.next_u64() % 50000) as u32)
+            .collect::<Vec<_>>()
+    };
+
+    let mut prefill = serde_json::Map::new();
+    for t in PREFILL {
+        let prompt = ids(t);
+        let secs = best_of(if t >= 512 { reps.min(2) } else { reps }, || {
+            model.next_token_logits(&prompt).expect("prefill");
+        })
+        .as_secs_f64();
+        let flops = prefill_flops(&cfg, t);
+        prefill.insert(
+            t.to_string(),
+            json!({"seconds": secs, "gflop": flops / 1e9, "fraction_of_matmul_rate": flops / secs / (gflops * 1e9)}),
+        );
+    }
+
+    let prompt = ids(DECODE_PROMPT);
+    let options = GenerateOptions {
+        max_new_tokens: DECODE_NEW,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let decode = best_of(reps.min(2), || {
+        generate(&model, tokenizer, &prompt, &options).expect("generate");
+    });
+    // The prefill of the 16-token prompt is part of `generate`; take it out.
+    let prompt_secs = best_of(reps, || {
+        model.next_token_logits(&prompt).expect("prefill");
+    });
+    let per_token = (decode - prompt_secs).as_secs_f64() / DECODE_NEW as f64;
+    let bytes_per_token = (cfg.num_parameters() * 4) as f64;
+    let limit_tok_s = bandwidth * 1e9 / bytes_per_token;
+
+    let (b, t) = BATCH;
+    let batch_ids = Array2::from_shape_vec((b, t), ids(b * t))?;
+    let mask = Array2::from_elem((b, t), true);
+    let batch = best_of(reps.min(2), || {
+        model
+            .forward_batch_with(&batch_ids, &mask, gpt2_ndarray::Logits::Last)
+            .expect("batch");
+    })
+    .as_secs_f64();
+    let batch_flops = b as f64 * prefill_flops(&cfg, t);
+
+    Ok(json!({
+        "threads": threads,
+        "machine": {"read_bandwidth_gbs": bandwidth, "matmul_gflops": gflops},
+        "time_to_first_logits_ms": ttfl.as_secs_f64() * 1e3,
+        "prefill": prefill,
+        "decode": {
+            "prompt": DECODE_PROMPT, "new_tokens": DECODE_NEW,
+            "tokens_per_second": 1.0 / per_token,
+            "ms_per_token": per_token * 1e3,
+            "bandwidth_limit_tokens_per_second": limit_tok_s,
+            "fraction_of_bandwidth_limit": (1.0 / per_token) / limit_tok_s,
+        },
+        "batched_prefill": {"batch": b, "t": t, "seconds": batch, "fraction_of_matmul_rate": batch_flops / batch / (gflops * 1e9)},
+    }))
+}
+
+/// FLOPs of a prefill of `t` tokens to the last position's logits: every
+/// weight matrix of the blocks once per token (2 FLOPs per weight), the causal
+/// attention (`q·kᵀ` and `p·v` over the visible half), and the head once.
+fn prefill_flops(c: &Config, t: usize) -> f64 {
+    let (t, e, f, l) = (
+        t as f64,
+        c.n_embd as f64,
+        c.n_inner as f64,
+        c.n_layer as f64,
+    );
+    let weights = l * (e * 3.0 * e + e * e + 2.0 * e * f);
+    let attention = l * 2.0 * 2.0 * e * t * (t + 1.0) / 2.0;
+    2.0 * weights * t + attention + 2.0 * c.vocab_size as f64 * e
+}
+
+fn best_of(reps: usize, mut f: impl FnMut()) -> Duration {
+    (0..reps.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// Read bandwidth: sum 1 GiB of f32 (far larger than the caches), split over
+/// the pool's threads; best of 3, in GB/s.
+fn read_bandwidth_gbs() -> f64 {
+    let data = vec![1.0f32; 256 << 20];
+    let secs = best_of(3, || {
+        let s: f32 = data.par_chunks(1 << 16).map(sum_lanes).sum();
+        std::hint::black_box(s);
+    });
+    (data.len() * 4) as f64 / secs.as_secs_f64() / 1e9
+}
+
+/// Sum with 16 independent partial sums, so the loop runs at memory speed
+/// instead of waiting on one chain of dependent additions.
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + x.chunks_exact(16).remainder().iter().sum::<f32>()
+}
+
+/// The f32 matmul rate of this crate's GEMM on the MLP's shape
+/// (`[1024, 768] · [768, 3072]`), best of 3, in GFLOP/s.
+fn matmul_gflops() -> f64 {
+    let a = Array2::from_elem((1024, 768), 0.5f32);
+    let b = Array2::from_elem((768, 3072), 0.25f32);
+    let secs = best_of(3, || {
+        std::hint::black_box(matmul(a.view(), b.view()));
+    });
+    2.0 * 1024.0 * 768.0 * 3072.0 / secs.as_secs_f64() / 1e9
+}
+
+/// Peak resident memory of a child process that loads the model, prefills
+/// 1024 tokens and generates 128 (load + the worst prompt + decoding).
+fn peak_rss_of_probe(dir: &Path) -> Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--rss-probe")
+        .arg(dir)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse::<f64>()
+        .with_context(|| format!("rss probe said {text:?}"))
+}
+
+fn rss_probe(dir: &Path) -> Result<()> {
+    let model = Gpt2::from_dir(dir)?;
+    let tokenizer =
+        Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
+    let prompt: Vec<u32> = (0..1024 - DECODE_NEW as u32).map(|i| i % 50000).collect();
+    model.next_token_logits(&(0..1024).collect::<Vec<u32>>())?;
+    let options = GenerateOptions {
+        max_new_tokens: DECODE_NEW,
+        stop_at_end_of_text: false,
+        ..Default::default()
+    };
+    generate(&model, &tokenizer, &prompt, &options)?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    println!("{}", kb / 1024.0);
+    Ok(())
+}
+
+/// GPT-2 small's config and random weights (normal-ish, std 0.02; LayerNorm
+/// gains near 1), saved as `config.json` + `model.safetensors` in the layout
+/// of the hub's files (no `transformer.` prefix, no `lm_head`).
+fn write_random_gpt2(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let config = Config::gpt2();
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024,
+               "n_embd": 768, "n_layer": 12, "n_head": 12, "activation_function": "gelu_new",
+               "layer_norm_epsilon": 1e-5})
+        .to_string(),
+    )?;
+    let (e, f) = (config.n_embd, config.n_inner);
+    let mut shapes: Vec<(String, Vec<usize>, f32, f32)> = vec![
+        ("wte.weight".into(), vec![config.vocab_size, e], 0.0, 0.02),
+        ("wpe.weight".into(), vec![config.n_positions, e], 0.0, 0.01),
+        ("ln_f.weight".into(), vec![e], 1.0, 0.1),
+        ("ln_f.bias".into(), vec![e], 0.0, 0.1),
+    ];
+    for i in 0..config.n_layer {
+        for (name, shape, mean, std) in [
+            ("ln_1.weight", vec![e], 1.0, 0.1),
+            ("ln_1.bias", vec![e], 0.0, 0.1),
+            ("attn.c_attn.weight", vec![e, 3 * e], 0.0, 0.02),
+            ("attn.c_attn.bias", vec![3 * e], 0.0, 0.02),
+            ("attn.c_proj.weight", vec![e, e], 0.0, 0.02),
+            ("attn.c_proj.bias", vec![e], 0.0, 0.02),
+            ("ln_2.weight", vec![e], 1.0, 0.1),
+            ("ln_2.bias", vec![e], 0.0, 0.1),
+            ("mlp.c_fc.weight", vec![e, f], 0.0, 0.02),
+            ("mlp.c_fc.bias", vec![f], 0.0, 0.02),
+            ("mlp.c_proj.weight", vec![f, e], 0.0, 0.02),
+            ("mlp.c_proj.bias", vec![e], 0.0, 0.02),
+        ] {
+            shapes.push((format!("h.{i}.{name}"), shape, mean, std));
+        }
+    }
+    let mut rng = Rng::new(2024);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape, mean, std)| {
+            let n: usize = shape.iter().product();
+            let data = (0..n)
+                .flat_map(|_| {
+                    // Sum of 4 uniforms: close enough to a normal for a benchmark.
+                    let u: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
+                    (mean + std * (u * 1.732) as f32).to_le_bytes()
+                })
+                .collect();
+            (name, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("consistent tensor");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+fn print_table(report: &Value) {
+    println!("\nGPT-2 small (124M, f32), random weights");
+    for run in report["runs"].as_array().into_iter().flatten() {
+        let m = &run["machine"];
+        println!(
+            "\n{} thread(s) — machine: read {:.1} GB/s, matmul {:.1} GFLOP/s",
+            run["threads"],
+            m["read_bandwidth_gbs"].as_f64().unwrap_or(0.0),
+            m["matmul_gflops"].as_f64().unwrap_or(0.0)
+        );
+        println!("  {:<34} {:>12} {:>18}", "case", "result", "of the limit");
+        println!(
+            "  {:<34} {:>9.1} ms {:>18}",
+            "time to first logits",
+            run["time_to_first_logits_ms"].as_f64().unwrap_or(0.0),
+            ""
+        );
+        for t in PREFILL.map(|t| t.to_string()) {
+            let p = &run["prefill"][&t];
+            println!(
+                "  {:<34} {:>9.1} ms {:>17.0}%",
+                format!("prefill T={t}"),
+                p["seconds"].as_f64().unwrap_or(0.0) * 1e3,
+                p["fraction_of_matmul_rate"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+        let d = &run["decode"];
+        println!(
+            "  {:<34} {:>7.1} tok/s {:>17.0}%",
+            "decode (16 + 128 tokens, greedy)",
+            d["tokens_per_second"].as_f64().unwrap_or(0.0),
+            d["fraction_of_bandwidth_limit"].as_f64().unwrap_or(0.0) * 100.0
+        );
+        let b = &run["batched_prefill"];
+        println!(
+            "  {:<34} {:>9.1} ms {:>17.0}%",
+            "batched prefill 8 x 128",
+            b["seconds"].as_f64().unwrap_or(0.0) * 1e3,
+            b["fraction_of_matmul_rate"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    println!(
+        "\npeak resident memory (load + T=1024 prefill + 128 tokens, 2 threads default): {:.0} MB",
+        report["peak_rss_mb"].as_f64().unwrap_or(0.0)
+    );
+}
