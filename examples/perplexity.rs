@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example perplexity -- --file text.txt [--model DIR] [--stride 512]
+//! cargo run --release --example perplexity -- --ids ids.json    # exact token ids (a JSON list)
 //! ```
 
 mod common;
@@ -18,8 +19,11 @@ use gpt2_ndarray::{perplexity::perplexity, Gpt2, Tokenizer};
 #[derive(Parser)]
 struct Args {
     /// The text file to score.
-    #[arg(long)]
-    file: PathBuf,
+    #[arg(long, required_unless_present = "ids")]
+    file: Option<PathBuf>,
+    /// Score these token ids instead (a JSON list), e.g. an exact slice of a corpus.
+    #[arg(long, conflicts_with = "file")]
+    ids: Option<PathBuf>,
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -39,9 +43,20 @@ fn main() -> Result<()> {
     }
     let model = Gpt2::from_dir(&dir)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mut ids = tokenizer.encode(&text)?;
+    let mut ids: Vec<u32> = match (&args.file, &args.ids) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            tokenizer.encode(&text)?
+        }
+        (None, Some(path)) => {
+            let json = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&json)
+                .with_context(|| format!("{} is not a JSON list of token ids", path.display()))?
+        }
+        (None, None) => unreachable!("clap requires --file or --ids"),
+    };
     if let Some(n) = args.max_tokens {
         ids.truncate(n);
     }

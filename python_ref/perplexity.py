@@ -3,6 +3,12 @@
     python3 python_ref/perplexity.py                       # golden/model -> golden/reference/perplexity.json
     python3 python_ref/perplexity.py --model DIR --out OUT/perplexity.json --ids-file IDS.json
 
+The trained model's reference (golden/kjv-gpt2/perplexity.json) scores the first 1200 tokens of
+the validation slice that python_ref/train_tiny.py holds out (the last 2% of the KJV token stream):
+
+    python3 python_ref/perplexity.py --model models/kjv-gpt2 --out golden/kjv-gpt2/perplexity.json \
+        --ids-file VAL_1200.json --strides 256,128 --source "..."
+
 Windows as in the transformers documentation ("Perplexity of fixed-length models"): a window of
 at most n_positions tokens starts every `stride` tokens; each window scores only the tokens no
 earlier window scored, each from the prediction at the position before it (so the first token of
@@ -71,6 +77,7 @@ def main():
     p.add_argument("--model", default="golden/model")
     p.add_argument("--out", default="golden/reference/perplexity.json")
     p.add_argument("--ids-file", help="JSON list of token ids to score instead of the built-in text")
+    p.add_argument("--source", help="how the ids were made (recorded in the output)")
     p.add_argument("--strides", default=None, help="comma-separated strides (default: n_positions and a third of it)")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -81,7 +88,7 @@ def main():
         attn_implementation="eager", dtype=torch.float32).eval()
     if args.ids_file:
         ids = json.loads(Path(args.ids_file).read_text())
-        source = f"token ids from {args.ids_file}"
+        source = args.source or "token ids from a JSON file"
     else:
         tok = transformers.GPT2TokenizerFast.from_pretrained(ROOT / model_dir if not model_dir.is_absolute() else model_dir)
         ids = tok(TEXT)["input_ids"]
