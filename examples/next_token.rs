@@ -64,7 +64,7 @@ fn main() -> Result<()> {
 
     if args.json {
         let json = serde_json::json!({
-            "model": dir.display().to_string(),
+            "model": common::shown(&dir),
             "prompt": args.prompt,
             "ids": ids,
             "next": top.iter().map(|(id, text, p)| serde_json::json!({"id": id, "text": text, "prob": p})).collect::<Vec<_>>(),
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    println!("model:  {}", dir.display());
+    println!("model:  {}", common::shown(&dir));
     println!("prompt: {:?} → {} tokens", args.prompt, ids.len());
     for &id in &ids {
         println!("  {id:>6}  {:?}", tokenizer.decode(&[id])?);

@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         let _ = std::io::stderr().flush();
     })?;
     eprintln!();
-    println!("model:      {}", dir.display());
+    println!("model:      {}", common::shown(&dir));
     println!("tokens:     {} scored", result.tokens);
     println!("loss:       {:.6} nats/token", result.mean_nll());
     println!("perplexity: {:.4}", result.perplexity());

@@ -51,3 +51,9 @@ pub fn resolve_model(arg: Option<PathBuf>) -> Result<(PathBuf, Option<String>)> 
     );
     Ok((repo(GOLDEN), Some(note)))
 }
+
+/// `dir` relative to the current directory when it is inside it (for display).
+pub fn shown(dir: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    dir.strip_prefix(&cwd).unwrap_or(dir).display().to_string()
+}
