@@ -21,29 +21,59 @@
 //! ## The tour: GPT-2 in reading order
 //!
 //! ```text
-//!  text ──► Tokenizer::encode ──► ids [T]
+//!  text ──► Tokenizer::encode ──► ids [T]                                       (0)
 //!                                   │
-//!           wte[ids] + wpe[0..T] ◄──┘                      embed          [T, C]
+//!           wte[ids] + wpe[0..T] ◄──┘                                           (1)   [T, C]
 //!                  │
-//!   ┌──────────────▼─────────────── for each of n_layer blocks h[i] ─────────────┐
-//!   │  a = layer_norm(x, ln_1)                                     norm      [T, C]   │
-//!   │  q | k | v = conv1d(a, attn.c_attn)                          linear    [T, 3C]  │
-//!   │  a = multi_head_attention(q, k, v)   softmax(q·kᵀ/√d + mask)·v  attention [T, C] │
-//!   │  x = x + conv1d(a, attn.c_proj)                              residual  [T, C]   │
-//!   │  m = layer_norm(x, ln_2)                                                        │
-//!   │  x = x + conv1d(act(conv1d(m, mlp.c_fc)), mlp.c_proj)        MLP  [T, 4C]→[T, C] │
-//!   └──────────────┬──────────────────────────────────────────────────────────────────┘
+//!   ┌──────────────▼──────────── for each of n_layer blocks h[i] ───────────────────────────┐
+//!   │  a = layer_norm(x, ln_1)                                    (2)       [T, C]          │
+//!   │  q | k | v = conv1d(a, attn.c_attn)                         (3)       [T, 3C]         │
+//!   │  a = multi_head_attention(q, k, v)                          (4)       [T, C]          │
+//!   │      per head: softmax(q·kᵀ/√d + causal mask)·v             (5)(6)(7) [T, T]          │
+//!   │  x = x + conv1d(a, attn.c_proj)               residual      (8)       [T, C]          │
+//!   │  m = layer_norm(x, ln_2)                                    (2)       [T, C]          │
+//!   │  x = x + conv1d(gelu_new(conv1d(m, mlp.c_fc)), mlp.c_proj)  (3)(9)(8) [T, 4C]→[T, C]  │
+//!   └──────────────┬────────────────────────────────────────────────────────────────────────┘
 //!                  ▼
-//!           layer_norm(x, ln_f) · wteᵀ ──► logits [T, vocab] ──► generate ──► text
+//!           layer_norm(x, ln_f) · wteᵀ ──► logits [T, vocab]                     (10)(11)
+//!                                            │
+//!                                            ▼
+//!                   softmax, sample or argmax ──► next token ──► text           (12)
 //! ```
 //!
+//! Each numbered box, where it lives, in the order the data meets it:
+//!
+//! | | box | function | shapes |
+//! |---|---|---|---|
+//! | (0) | text → token ids | [`Tokenizer::encode`] (and [`Tokenizer::decode`] back) | `&str` → `[T]` |
+//! | (1) | token + position embeddings | the first step of [`Gpt2::forward_step`]; the tables are [`Gpt2::wte`], [`Gpt2::wpe`] | `[T]` → `[T, C]` |
+//! | (2) | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`blocks::layer_norm`], built on [`blocks::mean`] and [`blocks::variance`]; weights [`LayerNorm`](blocks::LayerNorm) | `[T, C]` → `[T, C]` |
+//! | (3) | linear layer `x·W + b` (`c_attn`, `c_fc`) | [`blocks::conv1d`] = [`blocks::linear`](fn@blocks::linear), itself [`blocks::matmul`] of [`blocks::dot`]s; weights [`Conv1D`](blocks::Conv1D) in [`model::Attention`] and [`model::Mlp`] | `[T, in]` → `[T, out]` |
+//! | (4) | multi-head attention: split heads, attend, merge | [`blocks::multi_head_attention`] ([`blocks::multi_head_attention_with_maps`] keeps the maps) | `[T, C]` ×3 → `[T, C]` |
+//! | (5) | scaled, causally masked scores `q·kᵀ/√d` | [`blocks::causal_scores`] | `[T, d]` → `[T, T]` |
+//! | (6) | softmax of each row | [`blocks::softmax_inplace`] (also [`blocks::softmax`](fn@blocks::softmax), [`blocks::softmax_rows`]) | `[T, T]` → `[T, T]` |
+//! | (7) | one head, all of (5)–(6) then `·v` | [`blocks::scaled_dot_product_attention`] | `[T, d]` ×3 → `[T, d]` |
+//! | (8) | output projection (`attn.c_proj`, `mlp.c_proj`) and the residual add `x = x + …` | [`blocks::conv1d`], inside [`Gpt2::forward_step`]'s block loop over [`Gpt2::h`] ([`model::Block`]) | `[T, C]` → `[T, C]` |
+//! | (9) | the MLP's non-linearity | [`blocks::gelu_new`], or the one the config names: [`blocks::Activation`] | elementwise, `[T, 4C]` |
+//! | (10) | final layer norm | [`blocks::layer_norm`] with [`Gpt2::ln_f`] | `[T, C]` → `[T, C]` |
+//! | (11) | the head, tied to the embedding: `· wteᵀ` | the last step of [`Gpt2::forward_step`]; for the last position only, [`Logits::Last`] ([`inspect::logit_lens`] applies the same head to any layer) | `[T, C]` → `[T, vocab]` |
+//! | (12) | next token, and the next, ... | [`generate`]: [`generate::argmax`], [`generate::process_logits`], [`generate::sample`], with a [`KvCache`] | `[vocab]` → id |
+//!
+//! Every one of these steps can be recorded by name with a [`Trace`]
+//! (`h.3.ln_1`, `h.3.attn.probs`, `ln_f`, `logits`: the table is in
+//! [`trace`]), which is how the tests compare them with PyTorch one by one.
+//!
+//! ## The modules, bottom up
+//!
 //! 1. **Building blocks** — [`blocks`]: pure functions on array views, each
-//!    with its formula, shapes and a worked example, each tested alone against
-//!    PyTorch. [`blocks::linear`](mod@blocks::linear) (dot product, matrix product, [`blocks::conv1d`]),
+//!    with its formula, shapes and a worked example whose numbers come from
+//!    PyTorch, each tested alone against PyTorch.
+//!    [`blocks::linear`](mod@blocks::linear) (dot product, matrix product, [`blocks::conv1d`]),
 //!    [`blocks::softmax`](mod@blocks::softmax), [`blocks::norm`] ([`blocks::mean`],
 //!    [`blocks::variance`], [`blocks::layer_norm`]), [`blocks::activation`]
 //!    ([`blocks::gelu_new`]), [`blocks::attention`]
 //!    ([`blocks::scaled_dot_product_attention`], [`blocks::multi_head_attention`]).
+//!    [`seed_project`] maps them to the C files of the project this crate grew from.
 //! 2. **Configuration** — [`Config`]: the numbers in `config.json` that shape
 //!    the model (`n_embd`, `n_head`, ...), validated.
 //! 3. **Checkpoints** — [`checkpoint`]: `model.safetensors` and
@@ -59,6 +89,11 @@
 //! 6. **Generation** — [`generate`]: greedy and sampled decoding with
 //!    transformers' filters (temperature, top-k, top-p, repetition penalty),
 //!    stop rules, streaming text, batches.
+//! 7. **Perplexity** — [`perplexity`]: how well the model predicts a text.
+//! 8. **Looking inside** — [`inspect`]: the model printed as PyTorch prints
+//!    it with its parameter counts ([`inspect::architecture`]), and for a
+//!    prompt the residual stream, every attention head and the logit lens,
+//!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
 //!
 //! ## How it is verified
 //!
@@ -73,8 +108,10 @@ pub mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod inspect;
 pub mod model;
 pub mod perplexity;
+pub mod seed_project;
 pub mod tokenizer;
 pub mod trace;
 

@@ -66,8 +66,10 @@ pub fn perplexity(
     let mut scored_until = 1; // the first token has no context
     for (done, (begin, end)) in windows(ids.len(), window, stride).enumerate() {
         let logits = model.forward(&ids[begin..end])?; // [end - begin, vocab]
-        for target in scored_until.max(begin + 1)..end {
-            result.nll_sum += token_nll(logits.row(target - begin - 1), ids[target]);
+                                                       // Position p of the window predicts token begin + p + 1.
+        let first = scored_until.max(begin + 1);
+        for (target, &id) in ids.iter().enumerate().take(end).skip(first) {
+            result.nll_sum += token_nll(logits.row(target - begin - 1), id);
             result.tokens += 1;
         }
         scored_until = end;

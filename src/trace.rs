@@ -42,6 +42,7 @@ enum Filter {
     Off,
     All,
     Prefixes(Vec<String>),
+    Names(Vec<String>),
 }
 
 impl Trace {
@@ -67,12 +68,22 @@ impl Trace {
         }
     }
 
+    /// Record exactly the steps called `names` (`["h.3", "h.3.attn.probs"]`:
+    /// block 3's output and its attention probabilities, nothing else).
+    pub fn names<S: AsRef<str>>(names: &[S]) -> Self {
+        Trace {
+            filter: Filter::Names(names.iter().map(|n| n.as_ref().to_owned()).collect()),
+            tensors: BTreeMap::new(),
+        }
+    }
+
     /// Whether a step called `name` would be recorded.
     pub fn wants(&self, name: &str) -> bool {
         match &self.filter {
             Filter::Off => false,
             Filter::All => true,
             Filter::Prefixes(prefixes) => prefixes.iter().any(|p| name.starts_with(p.as_str())),
+            Filter::Names(names) => names.iter().any(|n| n == name),
         }
     }
 

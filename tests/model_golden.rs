@@ -198,3 +198,22 @@ fn padded_batch_matches_transformers_and_one_by_one() {
         }
     }
 }
+
+/// A trace records what it was asked for and nothing else: a prefix, or exact names.
+#[test]
+fn a_trace_records_exactly_the_steps_asked_for() {
+    let model = Gpt2::from_dir(golden_dir().join("model")).expect("load");
+    let ids = [464, 3139, 286];
+    let mut trace = Trace::only(&["h.1.attn.probs"]);
+    model.forward_traced(&ids, &mut trace).unwrap();
+    assert_eq!(trace.tensors.keys().collect::<Vec<_>>(), ["h.1.attn.probs"]);
+    assert_eq!(trace.get("h.1.attn.probs").unwrap().shape(), [4, 3, 3]);
+
+    let mut trace = Trace::names(&["h.2", "logits"]);
+    model.forward_traced(&ids, &mut trace).unwrap();
+    assert_eq!(trace.tensors.keys().collect::<Vec<_>>(), ["h.2", "logits"]);
+
+    let mut trace = Trace::off();
+    model.forward_traced(&ids, &mut trace).unwrap();
+    assert!(trace.tensors.is_empty());
+}

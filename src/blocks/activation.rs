@@ -12,7 +12,10 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 /// ```
 /// use gpt2_ndarray::blocks::gelu_new;
 /// assert_eq!(gelu_new(0.0), 0.0);
-/// assert!((gelu_new(1.0) - 0.841_192).abs() < 1e-6); // PyTorch: 0.8411920070648193
+/// // ACT2FN["gelu_new"](torch.tensor([1., -1., 0.5])) = [0.8411920, -0.1588080, 0.3457140]
+/// assert!((gelu_new(1.0) - 0.841_192).abs() < 1e-6);
+/// assert!((gelu_new(-1.0) + 0.158_808).abs() < 1e-6);
+/// assert!((gelu_new(0.5) - 0.345_714).abs() < 1e-6);
 /// ```
 pub fn gelu_new(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
@@ -22,7 +25,9 @@ pub fn gelu_new(x: f32) -> f32 {
 ///
 /// ```
 /// use gpt2_ndarray::blocks::gelu;
-/// assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6); // PyTorch: 0.8413447141647339
+/// // ACT2FN["gelu"](torch.tensor([1., -1.])) = [0.8413447, -0.1586553]: close to gelu_new, not equal
+/// assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+/// assert!((gelu(-1.0) + 0.158_655_3).abs() < 1e-6);
 /// ```
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -30,11 +35,25 @@ pub fn gelu(x: f32) -> f32 {
 
 /// `gelu_fast`: the tanh approximation written as transformers' `FastGELUActivation`
 /// writes it, `0.5·x·(1 + tanh(x·0.7978845608·(1 + 0.044715·x²)))`.
+///
+/// ```
+/// use gpt2_ndarray::blocks::{gelu_fast, gelu_new};
+/// // ACT2FN["gelu_fast"](torch.tensor([1., -1.])) = [0.8411920, -0.1588080], gelu_new's values
+/// assert!((gelu_fast(1.0) - 0.841_192).abs() < 1e-6);
+/// assert!((gelu_fast(-1.0) - gelu_new(-1.0)).abs() < 1e-6);
+/// ```
 pub fn gelu_fast(x: f32) -> f32 {
     0.5 * x * (1.0 + (x * SQRT_2_OVER_PI * (1.0 + 0.044715 * x * x)).tanh())
 }
 
 /// `quick_gelu`: `x·σ(1.702·x)`.
+///
+/// ```
+/// use gpt2_ndarray::blocks::quick_gelu;
+/// // ACT2FN["quick_gelu"](torch.tensor([1., -1.])) = [0.8457958, -0.1542042]
+/// assert!((quick_gelu(1.0) - 0.845_795_8).abs() < 1e-6);
+/// assert!((quick_gelu(-1.0) + 0.154_204_2).abs() < 1e-6);
+/// ```
 pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).exp())
 }
@@ -43,6 +62,7 @@ pub fn quick_gelu(x: f32) -> f32 {
 ///
 /// ```
 /// use gpt2_ndarray::blocks::relu;
+/// // torch.relu(torch.tensor([-2., 3.])) = [0., 3.]
 /// assert_eq!((relu(-2.0), relu(3.0)), (0.0, 3.0));
 /// ```
 pub fn relu(x: f32) -> f32 {
@@ -50,6 +70,13 @@ pub fn relu(x: f32) -> f32 {
 }
 
 /// SiLU / swish: `x·σ(x)`.
+///
+/// ```
+/// use gpt2_ndarray::blocks::silu;
+/// // torch.nn.functional.silu(torch.tensor([1., -1.])) = [0.7310586, -0.2689414]
+/// assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+/// assert!((silu(-1.0) + 0.268_941_4).abs() < 1e-6);
+/// ```
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }

@@ -10,6 +10,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 /// ```
 /// use ndarray::array;
 /// use gpt2_ndarray::blocks::dot;
+/// // torch.dot(torch.tensor([1., 2., 3.]), torch.tensor([4., 5., 6.])) = 32.
 /// assert_eq!(dot(array![1.0, 2.0, 3.0].view(), array![4.0, 5.0, 6.0].view()), 32.0);
 /// ```
 pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
@@ -29,6 +30,7 @@ pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
 /// use gpt2_ndarray::blocks::matmul;
 /// let a = array![[1.0, 2.0], [3.0, 4.0]];
 /// let b = array![[5.0, 6.0], [7.0, 8.0]];
+/// // torch.tensor([[1., 2.], [3., 4.]]) @ torch.tensor([[5., 6.], [7., 8.]]) = [[19., 22.], [43., 50.]]
 /// assert_eq!(matmul(a.view(), b.view()), array![[19.0, 22.0], [43.0, 50.0]]);
 /// ```
 pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
@@ -60,6 +62,7 @@ pub fn matmul_naive(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// let x = array![[1.0, 2.0]];                     // [T=1, in=2]
 /// let w = array![[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]; // [in=2, out=3]
 /// let b = array![0.5, 0.5, 0.5];
+/// // torch.tensor([[1., 2.]]) @ torch.tensor([[1., 0., 1.], [0., 1., 1.]]) + 0.5 = [[1.5, 2.5, 3.5]]
 /// assert_eq!(linear(x.view(), w.view(), b.view()), array![[1.5, 2.5, 3.5]]);
 /// ```
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
@@ -88,7 +91,23 @@ impl Conv1D {
     }
 }
 
-/// Apply a [`Conv1D`]: `y = x · W + b`, `x: [T, in]` → `[T, out]`.
+/// Apply a [`Conv1D`]: `y = x · W + b`, `x: [T, in]` → `[T, out]`, the
+/// [`linear`] layer with the weights of a checkpoint's `h.{i}.attn.c_attn`,
+/// `h.{i}.mlp.c_fc`, ...
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::{conv1d, Conv1D};
+/// let layer = Conv1D {
+///     weight: array![[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]], // [in=2, out=3]
+///     bias: array![0.0, 0.5, 1.0],
+/// };
+/// assert_eq!((layer.n_in(), layer.n_out()), (2, 3)); // transformers: Conv1D(nf=3, nx=2)
+/// // c = transformers.pytorch_utils.Conv1D(nf=3, nx=2) with that weight and bias;
+/// // c(torch.tensor([[1., 2.], [0., -1.]])) = [[5.0, 2.5, 0.0], [-2.0, -0.5, 1.0]]
+/// let y = conv1d(array![[1.0, 2.0], [0.0, -1.0]].view(), &layer);
+/// assert_eq!(y, array![[5.0, 2.5, 0.0], [-2.0, -0.5, 1.0]]);
+/// ```
 pub fn conv1d(x: ArrayView2<f32>, layer: &Conv1D) -> Array2<f32> {
     linear(x, layer.weight.view(), layer.bias.view())
 }

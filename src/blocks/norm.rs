@@ -7,6 +7,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 /// ```
 /// use ndarray::array;
 /// use gpt2_ndarray::blocks::mean;
+/// // torch.mean(torch.tensor([1., 2., 3., 6.])) = 3.
 /// assert_eq!(mean(array![1.0, 2.0, 3.0, 6.0].view()), 3.0);
 /// ```
 pub fn mean(x: ArrayView1<f32>) -> f32 {
@@ -23,6 +24,7 @@ pub fn mean(x: ArrayView1<f32>) -> f32 {
 /// use ndarray::array;
 /// use gpt2_ndarray::blocks::variance;
 /// // mean 3, deviations [-2, -1, 0, 3], squares sum to 14, / 4
+/// // torch.var(torch.tensor([1., 2., 3., 6.]), unbiased=False) = 3.5
 /// assert_eq!(variance(array![1.0, 2.0, 3.0, 6.0].view()), 3.5);
 /// ```
 pub fn variance(x: ArrayView1<f32>) -> f32 {
@@ -52,7 +54,17 @@ pub struct LayerNorm {
 /// use gpt2_ndarray::blocks::{layer_norm, LayerNorm};
 /// let ln = LayerNorm { weight: array![1.0, 1.0], bias: array![0.0, 0.0], eps: 0.0 };
 /// // μ = 2, σ² = 1: [(1-2)/1, (3-2)/1]
+/// // F.layer_norm(torch.tensor([[1., 3.]]), (2,), eps=0.0) = [[-1., 1.]]
 /// assert_eq!(layer_norm(array![[1.0, 3.0]].view(), &ln), array![[-1.0, 1.0]]);
+///
+/// // With a gain, a bias and GPT-2's ε: μ = 7/3, σ² = 14/9, then · γ + β.
+/// // F.layer_norm(torch.tensor([[1., 2., 4.]]), (3,), weight=torch.tensor([1., 2., 0.5]),
+/// //              bias=torch.tensor([0., 0., 1.]), eps=1e-5) = [[-1.0690414, -0.5345206, 1.6681509]]
+/// let ln = LayerNorm { weight: array![1.0, 2.0, 0.5], bias: array![0.0, 0.0, 1.0], eps: 1e-5 };
+/// let y = layer_norm(array![[1.0, 2.0, 4.0]].view(), &ln);
+/// for (got, want) in y.iter().zip([-1.069_041_4, -0.534_520_6, 1.668_150_9]) {
+///     assert!((got - want).abs() < 1e-6);
+/// }
 /// ```
 pub fn layer_norm(x: ArrayView2<f32>, ln: &LayerNorm) -> Array2<f32> {
     let mut y = Array2::zeros(x.raw_dim());

@@ -18,7 +18,13 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 /// use gpt2_ndarray::blocks::softmax;
 /// let p = softmax(array![1.0, 2.0, 3.0].view());
 /// // exp([-2, -1, 0]) / (0.1353 + 0.3679 + 1) = [0.0900, 0.2447, 0.6652]
-/// assert!((p[2] - 0.665_240_9).abs() < 1e-6);
+/// // torch.softmax(torch.tensor([1., 2., 3.]), 0) = [0.09003057, 0.24472848, 0.66524094]
+/// for (got, want) in p.iter().zip([0.090_030_57, 0.244_728_48, 0.665_240_94]) {
+///     assert!((got - want).abs() < 1e-6);
+/// }
+/// // No overflow: torch.softmax(torch.tensor([1000., 1001.]), 0) = [0.26894143, 0.73105860]
+/// let big = softmax(array![1000.0, 1001.0].view());
+/// assert!((big[0] - 0.268_941_43).abs() < 1e-6 && (big[1] - 0.731_058_6).abs() < 1e-6);
 /// ```
 pub fn softmax(x: ArrayView1<f32>) -> Array1<f32> {
     let mut y = x.to_owned();
@@ -29,6 +35,16 @@ pub fn softmax(x: ArrayView1<f32>) -> Array1<f32> {
 /// [`softmax`] over the last axis of a matrix: each row `[n]` independently.
 ///
 /// Shapes: `[m, n]` → `[m, n]`; every row sums to 1.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::softmax_rows;
+/// let p = softmax_rows(array![[1.0, 2.0, 3.0], [0.0, 0.0, f32::NEG_INFINITY]].view());
+/// // torch.softmax(torch.tensor([[1., 2., 3.], [0., 0., -inf]]), -1)
+/// //     = [[0.09003057, 0.24472848, 0.66524094], [0.5, 0.5, 0.0]]
+/// assert!((p[[0, 0]] - 0.090_030_57).abs() < 1e-6);
+/// assert_eq!(p.row(1), array![0.5, 0.5, 0.0]); // a masked entry gets exactly 0
+/// ```
 pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
     let mut y = x.to_owned();
     for row in y.axis_iter_mut(Axis(0)) {
@@ -38,6 +54,17 @@ pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// [`softmax`] in place, the form the attention kernel uses on each row of scores.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::blocks::softmax_inplace;
+/// let mut x = array![5.0, 1.0, -3.0];
+/// softmax_inplace(x.view_mut());
+/// // torch.softmax(torch.tensor([5., 1., -3.]), 0) = [0.98169035, 0.01798029, 0.00032932]
+/// for (got, want) in x.iter().zip([0.981_690_35, 0.017_980_29, 0.000_329_32]) {
+///     assert!((got - want).abs() < 1e-6);
+/// }
+/// ```
 pub fn softmax_inplace(mut x: ArrayViewMut1<f32>) {
     let max = x.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if max == f32::NEG_INFINITY {

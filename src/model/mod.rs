@@ -197,7 +197,8 @@ impl Gpt2 {
         let key_mask = cache.key_mask();
         let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
 
-        let merged = if trace.wants_in(i, "attn") {
+        let traced = ["attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs"];
+        let merged = if traced.iter().any(|step| trace.wants_in(i, step)) {
             for (name, t) in [("attn.q", q), ("attn.k", k), ("attn.v", v)] {
                 trace.record_in(i, name, split_heads(t, n_head).view());
             }
@@ -228,8 +229,10 @@ impl Gpt2 {
     }
 
     /// The language-model head: `logits = x · Wᵀ`, `W` = `wte` (tied) or `lm_head`,
-    /// `[T, C]` → `[T, vocab]`. The transpose is a view: no copy of `W`.
-    fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    /// `[T, C]` → `[T, vocab]`, applied to the output of `ln_f`. The transpose
+    /// is a view: no copy of `W`. Public so that tools such as the logit lens
+    /// ([`crate::inspect::logit_lens`]) use the model's own head.
+    pub fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let w = self.lm_head.as_ref().unwrap_or(&self.wte);
         matmul(x, w.t()) // [T, C] · [C, vocab]
     }

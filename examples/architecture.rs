@@ -1,0 +1,36 @@
+//! Print a GPT-2 as PyTorch's `print(model)` does, with its parameter counts.
+//!
+//! ```text
+//! cargo run --release --example architecture
+//! cargo run --release --example architecture -- --model models/gpt2
+//! ```
+
+mod common;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use gpt2_ndarray::inspect::{architecture, parameter_table};
+use gpt2_ndarray::Gpt2;
+
+/// Print the module tree of a GPT-2 and where its parameters are.
+#[derive(Parser)]
+struct Args {
+    /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (dir, note) = common::resolve_model(args.model)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let model = Gpt2::from_dir(&dir)?;
+    println!("model: {}\n", common::shown(&dir));
+    println!("{}\n", architecture(&model));
+    print!("{}", parameter_table(&model));
+    Ok(())
+}
