@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
 
 use crate::blocks::Activation;
 
@@ -46,26 +45,6 @@ pub struct Config {
     pub tie_word_embeddings: bool,
 }
 
-/// The fields as they appear in `config.json`, before defaults and validation.
-#[derive(Deserialize)]
-struct RawConfig {
-    model_type: Option<String>,
-    vocab_size: Option<i64>,
-    n_positions: Option<i64>,
-    n_ctx: Option<i64>,
-    n_embd: Option<i64>,
-    n_layer: Option<i64>,
-    n_head: Option<i64>,
-    n_inner: Option<i64>,
-    activation_function: Option<String>,
-    layer_norm_epsilon: Option<f64>,
-    scale_attn_weights: Option<bool>,
-    scale_attn_by_inverse_layer_idx: Option<bool>,
-    reorder_and_upcast_attn: Option<bool>,
-    tie_word_embeddings: Option<bool>,
-    add_cross_attention: Option<bool>,
-}
-
 /// Sizes beyond these are not a GPT-2 but a corrupt or hostile file; refusing
 /// them keeps a config from asking for terabytes of weights.
 const MAX_VOCAB: usize = 1 << 22;
@@ -73,8 +52,88 @@ const MAX_POSITIONS: usize = 1 << 20;
 const MAX_WIDTH: usize = 1 << 16;
 const MAX_LAYERS: usize = 1 << 10;
 
+/// The top-level fields of a `config.json`, read one by one so that a value of
+/// the wrong type is reported with the field's name.
+struct Fields<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl Fields<'_> {
+    /// The field's value; `None` when it is absent or `null` (both mean "the default").
+    fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    fn wrong_type(name: &str, value: &serde_json::Value, expected: &str) -> anyhow::Error {
+        anyhow::anyhow!("{name} is {}, it must be {expected}", short(value))
+    }
+
+    fn int(&self, name: &str) -> Result<Option<i128>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        let int = v
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| v.as_u64().map(i128::from));
+        int.map(Some)
+            .ok_or_else(|| Self::wrong_type(name, v, "an integer"))
+    }
+
+    fn float(&self, name: &str) -> Result<Option<f64>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        v.as_f64()
+            .map(Some)
+            .ok_or_else(|| Self::wrong_type(name, v, "a number"))
+    }
+
+    fn boolean(&self, name: &str) -> Result<Option<bool>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        v.as_bool()
+            .map(Some)
+            .ok_or_else(|| Self::wrong_type(name, v, "true or false"))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        v.as_str()
+            .map(Some)
+            .ok_or_else(|| Self::wrong_type(name, v, "a string"))
+    }
+
+    /// A required size: present, positive, at most `max`.
+    fn size(&self, name: &str, max: usize) -> Result<usize> {
+        let v = self
+            .int(name)?
+            .with_context(|| format!("config.json lacks the field {name:?}"))?;
+        size_in_range(name, v, max)
+    }
+}
+
+/// A JSON value for an error message, cut after 60 characters.
+fn short(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+fn size_in_range(name: &str, v: i128, max: usize) -> Result<usize> {
+    ensure!(v > 0, "{name} is {v}, it must be positive");
+    ensure!(
+        v <= max as i128,
+        "{name} is {v}, more than the sane limit {max}"
+    );
+    Ok(v as usize)
+}
+
 impl Config {
-    /// Read and validate `config.json`.
+    /// Read and validate `config.json`. Every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -83,71 +142,81 @@ impl Config {
 
     /// Parse and validate the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).context("config.json is not valid JSON")?;
-        if let Some(kind) = &raw.model_type {
+        let json: serde_json::Value =
+            serde_json::from_str(text).context("config.json is not valid JSON")?;
+        let fields = json
+            .as_object()
+            .with_context(|| format!("config.json holds {}, not a JSON object", short(&json)))?;
+        let raw = Fields(fields);
+        if let Some(kind) = raw.string("model_type")? {
             ensure!(
                 kind == "gpt2",
                 "model_type is {kind:?}, this crate runs \"gpt2\""
             );
         }
         ensure!(
-            raw.add_cross_attention != Some(true),
+            raw.boolean("add_cross_attention")? != Some(true),
             "add_cross_attention is true: encoder-decoder GPT-2 is not supported"
         );
-        let size = |name: &str, value: Option<i64>, max: usize| -> Result<usize> {
-            let v = value.with_context(|| format!("config.json lacks the field {name:?}"))?;
-            ensure!(v > 0, "{name} is {v}, it must be positive");
-            ensure!(
-                v as u64 <= max as u64,
-                "{name} is {v}, more than the sane limit {max}"
-            );
-            Ok(v as usize)
-        };
-        let n_positions = match (raw.n_positions, raw.n_ctx) {
+        let n_positions = match (raw.int("n_positions")?, raw.int("n_ctx")?) {
             (Some(p), Some(c)) if p != c => bail!("n_positions ({p}) and n_ctx ({c}) disagree"),
-            (p, c) => size("n_positions", p.or(c), MAX_POSITIONS)?,
+            (None, None) => bail!("config.json lacks the field \"n_positions\""),
+            (p, c) => size_in_range("n_positions", p.or(c).unwrap_or_default(), MAX_POSITIONS)?,
         };
-        let n_embd = size("n_embd", raw.n_embd, MAX_WIDTH)?;
-        let n_inner = match raw.n_inner {
+        let n_embd = raw.size("n_embd", MAX_WIDTH)?;
+        let n_inner = match raw.int("n_inner")? {
             None => 4 * n_embd,
-            v => size("n_inner", v, 4 * MAX_WIDTH)?,
+            Some(v) => size_in_range("n_inner", v, 4 * MAX_WIDTH)?,
         };
-        let eps = raw.layer_norm_epsilon.unwrap_or(1e-5);
-        ensure!(
-            eps.is_finite() && eps > 0.0,
-            "layer_norm_epsilon is {eps}, it must be a positive number"
-        );
         let config = Config {
-            vocab_size: size("vocab_size", raw.vocab_size, MAX_VOCAB)?,
+            vocab_size: raw.size("vocab_size", MAX_VOCAB)?,
             n_positions,
             n_embd,
-            n_layer: size("n_layer", raw.n_layer, MAX_LAYERS)?,
-            n_head: size("n_head", raw.n_head, MAX_WIDTH)?,
+            n_layer: raw.size("n_layer", MAX_LAYERS)?,
+            n_head: raw.size("n_head", MAX_WIDTH)?,
             n_inner,
             activation: Activation::from_name(
-                raw.activation_function.as_deref().unwrap_or("gelu_new"),
+                raw.string("activation_function")?.unwrap_or("gelu_new"),
             )?,
-            layer_norm_epsilon: eps as f32,
-            scale_attn_weights: raw.scale_attn_weights.unwrap_or(true),
-            scale_attn_by_inverse_layer_idx: raw.scale_attn_by_inverse_layer_idx.unwrap_or(false),
-            reorder_and_upcast_attn: raw.reorder_and_upcast_attn.unwrap_or(false),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+            layer_norm_epsilon: raw.float("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
+            scale_attn_weights: raw.boolean("scale_attn_weights")?.unwrap_or(true),
+            scale_attn_by_inverse_layer_idx: raw
+                .boolean("scale_attn_by_inverse_layer_idx")?
+                .unwrap_or(false),
+            reorder_and_upcast_attn: raw.boolean("reorder_and_upcast_attn")?.unwrap_or(false),
+            tie_word_embeddings: raw.boolean("tie_word_embeddings")?.unwrap_or(true),
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Check the relations between fields (`n_embd` divisible by `n_head`, ...).
+    /// Check every field and the relations between them: sizes positive and
+    /// sane, `n_embd` divisible by `n_head`, `ε` a positive number. A config
+    /// built by hand goes through the same checks as one read from a file.
     pub fn validate(&self) -> Result<()> {
+        for (name, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("n_positions", self.n_positions, MAX_POSITIONS),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_WIDTH),
+            ("n_inner", self.n_inner, 4 * MAX_WIDTH),
+        ] {
+            if name == "n_layer" {
+                ensure!(value > 0, "n_layer is 0: a GPT-2 needs at least one block");
+            }
+            size_in_range(name, value as i128, max)?;
+        }
         ensure!(
             self.n_embd % self.n_head == 0,
             "n_embd ({}) is not divisible by n_head ({})",
             self.n_embd,
             self.n_head
         );
+        let eps = self.layer_norm_epsilon;
         ensure!(
-            self.n_layer > 0,
-            "n_layer is 0: a GPT-2 needs at least one block"
+            eps.is_finite() && eps > 0.0,
+            "layer_norm_epsilon is {eps}, it must be a positive number"
         );
         Ok(())
     }

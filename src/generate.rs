@@ -8,7 +8,7 @@
 //! applies them — and pick the next token: the argmax, or a draw from the
 //! softmax with a seeded generator.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
@@ -376,6 +376,12 @@ impl<'a> Generation<'a> {
         options: GenerateOptions,
     ) -> Result<Self> {
         options.validate()?;
+        if let Some(mask) = mask {
+            ensure!(
+                mask.iter().any(|&real| real),
+                "the prompt is all padding: there is no token to continue"
+            );
+        }
         let mut cache = KvCache::new(model.config.n_layer);
         let logits =
             model.forward_step(prompt, mask, &mut cache, Logits::Last, &mut Trace::off())?;
@@ -509,6 +515,10 @@ pub fn generate_batch(
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
+    options.validate()?;
+    if let Some(b) = prompts.iter().position(Vec::is_empty) {
+        bail!("prompt {b} of the batch is empty: there is no token to continue");
+    }
     let (ids, mask) = left_pad(prompts, tokenizer.end_of_text().unwrap_or(0));
     (0..prompts.len())
         .into_par_iter()

@@ -27,6 +27,10 @@ pub struct Tokenizer {
     char_to_byte: HashMap<char, u8>,
     /// Ids of the special tokens (`<|endoftext|>`), whose text is literal.
     special: HashSet<u32>,
+    /// Number of ids, special tokens included, counted once: the `tokenizers`
+    /// crate builds its whole vocabulary map to count it (~20 ms for GPT-2),
+    /// and every id is checked against it.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -84,10 +88,12 @@ impl Tokenizer {
             .filter(|(_, token)| token.special)
             .map(|(id, _)| id)
             .collect();
+        let vocab_size = inner.get_vocab_size(true);
         Tokenizer {
             inner,
             char_to_byte,
             special,
+            vocab_size,
         }
     }
 
@@ -139,7 +145,7 @@ impl Tokenizer {
 
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     fn is_special(&self, id: u32) -> bool {

@@ -21,13 +21,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use half::{bf16, f16};
-use ndarray::{ArrayD, ArrayView, IxDyn, ShapeBuilder};
+use ndarray::{ArrayD, IxDyn};
 use zip::ZipArchive;
 
 use super::pickle::{self, Pickle, StorageType, TensorRef, Value};
@@ -40,26 +40,43 @@ const LEGACY_PROTOCOL_VERSION: i128 = 1001;
 
 /// Reads every tensor of a PyTorch checkpoint (zip or legacy) for which
 /// `keep(key)` is true. Skipped tensors are parsed but their data is never
-/// read or converted.
+/// read or converted. Every error names the file.
 pub fn read_pytorch_bin(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
-    read_any(path, keep).with_context(|| format!("reading PyTorch checkpoint {}", path.display()))
+    let read = || -> Result<Tensors> {
+        let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        read_from(file, file_len, keep)
+    };
+    read().with_context(|| format!("reading PyTorch checkpoint {}", path.display()))
 }
 
-fn read_any(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
-    let mut file = File::open(path)?;
-    let file_len = file.metadata()?.len();
+/// [`read_pytorch_bin`] on the bytes of a file already in memory.
+pub fn read_pytorch_bin_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    read_from(Cursor::new(bytes), bytes.len() as u64, keep)
+}
+
+/// Reads a checkpoint of `file_len` bytes from `reader`, positioned at its start.
+fn read_from<R: Read + Seek>(
+    mut reader: R,
+    file_len: u64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors> {
     let mut head = Vec::new();
-    (&mut file).take(4).read_to_end(&mut head)?;
-    file.rewind()?;
+    (&mut reader).take(4).read_to_end(&mut head)?;
+    reader.rewind()?;
     if head.starts_with(b"PK") {
-        read_zip(file, file_len, keep)
+        read_zip(reader, file_len, keep)
     } else if head.starts_with(&[0x80, 0x02]) {
-        read_legacy(file, file_len, keep)
+        read_legacy(reader, file_len, keep)
+    } else if head.is_empty() {
+        bail!("the file is empty")
+    } else if head.len() < 2 && (b"PK".starts_with(&head) || [0x80, 0x02].starts_with(&head)) {
+        bail!("the file is truncated after {} byte", head.len())
     } else {
         let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
         bail!(
-            "{} is neither a PyTorch zip checkpoint nor a legacy torch.save file (first bytes {})",
-            path.display(),
+            "the file is neither a PyTorch zip checkpoint nor a legacy torch.save file \
+             (first bytes {})",
             hex.join(" ")
         )
     }
@@ -67,24 +84,29 @@ fn read_any(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
 
 // ---- the zip format ----
 
-fn read_zip(file: File, file_len: u64, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+fn read_zip<R: Read + Seek>(
+    reader: R,
+    file_len: u64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors> {
     let mut archive =
-        ZipArchive::new(file).context("the file starts like a zip but is not a valid one")?;
+        ZipArchive::new(reader).context("the file starts like a zip but is not a valid one")?;
     let top = top_folder(&archive)?;
     check_zip_byteorder(&mut archive, &format!("{top}/byteorder"), file_len)?;
     let pickle = read_zip_pickle(&mut archive, &format!("{top}/data.pkl"))?;
     let mut tensors = Tensors::new();
+    let mut budget = OutputBudget::for_file(file_len);
     for (key, views) in kept_by_storage(&pickle, keep)? {
         let entry = format!("{top}/data/{key}");
         let bytes = read_zip_entry(&mut archive, &entry, file_len)
             .with_context(|| format!("reading the storage of tensor {}", tensor_names(&views)))?;
-        convert_views(&views, &bytes, &key, &mut tensors)?;
+        convert_views(&views, &bytes, &key, &mut tensors, &mut budget)?;
     }
     Ok(tensors)
 }
 
 /// The folder holding `data.pkl`, e.g. `pytorch_model` or `archive`.
-fn top_folder(archive: &ZipArchive<File>) -> Result<String> {
+fn top_folder<R: Read + Seek>(archive: &ZipArchive<R>) -> Result<String> {
     let top = archive
         .file_names()
         .filter_map(|name| name.strip_suffix("/data.pkl"))
@@ -95,7 +117,11 @@ fn top_folder(archive: &ZipArchive<File>) -> Result<String> {
 }
 
 /// Torch writes `little` or `big` in `<top>/byteorder` (older files have no such entry).
-fn check_zip_byteorder(archive: &mut ZipArchive<File>, name: &str, file_len: u64) -> Result<()> {
+fn check_zip_byteorder<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    name: &str,
+    file_len: u64,
+) -> Result<()> {
     if archive.index_for_name(name).is_some() {
         let order = read_zip_entry(archive, name, file_len)?;
         let order = String::from_utf8_lossy(&order);
@@ -107,7 +133,7 @@ fn check_zip_byteorder(archive: &mut ZipArchive<File>, name: &str, file_len: u64
     Ok(())
 }
 
-fn read_zip_pickle(archive: &mut ZipArchive<File>, name: &str) -> Result<Pickle> {
+fn read_zip_pickle<R: Read + Seek>(archive: &mut ZipArchive<R>, name: &str) -> Result<Pickle> {
     let entry = archive
         .by_name(name)
         .with_context(|| format!("opening {name}"))?;
@@ -115,7 +141,11 @@ fn read_zip_pickle(archive: &mut ZipArchive<File>, name: &str) -> Result<Pickle>
 }
 
 /// Reads one whole entry, refusing sizes larger than the file itself.
-fn read_zip_entry(archive: &mut ZipArchive<File>, name: &str, file_len: u64) -> Result<Vec<u8>> {
+fn read_zip_entry<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    name: &str,
+    file_len: u64,
+) -> Result<Vec<u8>> {
     let entry = archive.by_name(name).map_err(|e| match e {
         zip::result::ZipError::FileNotFound => {
             anyhow!("entry {name} is missing from the zip archive")
@@ -138,12 +168,17 @@ fn read_zip_entry(archive: &mut ZipArchive<File>, name: &str, file_len: u64) -> 
 
 // ---- the legacy format ----
 
-fn read_legacy(file: File, file_len: u64, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
-    let mut reader = BufReader::new(file);
+fn read_legacy<R: Read + Seek>(
+    reader: R,
+    file_len: u64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Tensors> {
+    let mut reader = BufReader::new(reader);
     check_legacy_header(&mut reader)?;
     let state_dict = pickle::load(&mut reader).context("parsing the state-dict pickle")?;
     let storage_types = storage_types(&state_dict)?;
     let mut kept = kept_by_storage(&state_dict, keep)?;
+    let mut budget = OutputBudget::for_file(file_len);
     let key_list = pickle::load(&mut reader).context("parsing the storage-key list")?;
     let mut tensors = Tensors::new();
     for key in string_list(&key_list)? {
@@ -157,7 +192,7 @@ fn read_legacy(file: File, file_len: u64, keep: &dyn Fn(&str) -> bool) -> Result
                 reader
                     .read_exact(&mut bytes)
                     .map_err(|_| anyhow!("legacy file is truncated inside storage {key:?}"))?;
-                convert_views(&views, &bytes, &key, &mut tensors)?;
+                convert_views(&views, &bytes, &key, &mut tensors, &mut budget)?;
             }
             None => reader.seek_relative(i64::try_from(nbytes)?)?,
         }
@@ -198,8 +233,8 @@ fn check_legacy_header(reader: &mut impl Read) -> Result<()> {
 
 /// Reads a storage's 8-byte element count; returns its byte length after
 /// checking that that many bytes remain in the file.
-fn legacy_storage_len(
-    reader: &mut BufReader<File>,
+fn legacy_storage_len<R: Read + Seek>(
+    reader: &mut BufReader<R>,
     key: &str,
     ty: &StorageType,
     file_len: u64,
@@ -305,22 +340,70 @@ fn kept_by_storage(
     Ok(groups)
 }
 
+/// The `f32` bytes the converted tensors may still take.
+///
+/// Each tensor is copied out of its storage, so a few bytes of pickle that
+/// make a million tensors view one large storage would otherwise ask for
+/// terabytes. A real checkpoint's tensors take at most about twice its size
+/// (an `f16` file upcast to `f32`), four times with a tied `f16` head (two
+/// full views of one storage); the budget is eight times the file, plus 1 MiB.
+struct OutputBudget {
+    left: u64,
+    file_len: u64,
+}
+
+impl OutputBudget {
+    const PER_FILE_BYTE: u64 = 8;
+
+    fn for_file(file_len: u64) -> Self {
+        let left = file_len
+            .saturating_mul(Self::PER_FILE_BYTE)
+            .saturating_add(1 << 20);
+        OutputBudget { left, file_len }
+    }
+
+    /// Takes `numel` `f32` values out of the budget, or fails.
+    fn take(&mut self, numel: usize) -> Result<()> {
+        let bytes = (numel as u64).saturating_mul(4);
+        ensure!(
+            bytes <= self.left,
+            "the tensors would take more than {} times the {} bytes of the file as f32: \
+             refusing a file whose tensors view the same storage over and over",
+            Self::PER_FILE_BYTE,
+            self.file_len
+        );
+        self.left -= bytes;
+        Ok(())
+    }
+}
+
 fn tensor_names(views: &Views) -> String {
     let names: Vec<String> = views.iter().map(|(name, _)| format!("{name:?}")).collect();
     names.join(", ")
 }
 
-fn convert_views(views: &Views, bytes: &[u8], storage_key: &str, out: &mut Tensors) -> Result<()> {
+fn convert_views(
+    views: &Views,
+    bytes: &[u8],
+    storage_key: &str,
+    out: &mut Tensors,
+    budget: &mut OutputBudget,
+) -> Result<()> {
     for (name, view) in views {
-        let tensor = tensor_from_storage(view, bytes)
+        let tensor = tensor_from_storage(view, bytes, budget)
             .with_context(|| format!("tensor {name:?} (storage {storage_key:?})"))?;
         out.insert(name.clone(), tensor);
     }
     Ok(())
 }
 
-/// Copies the elements a view selects out of its storage's raw bytes.
-fn tensor_from_storage(view: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
+/// Copies the elements a view selects out of its storage's raw bytes, after
+/// checking that they lie inside it and fit in the budget.
+fn tensor_from_storage(
+    view: &TensorRef,
+    bytes: &[u8],
+    budget: &mut OutputBudget,
+) -> Result<Tensor> {
     let dtype = view
         .storage
         .ty
@@ -354,19 +437,65 @@ fn tensor_from_storage(view: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
         "tensor has {numel} elements but its storage holds only {stored} \
          (broadcast views are not supported)"
     );
-    let start = view.offset * dtype.size(); // <= needed, so no overflow
-    let window = decode(bytes.get(start..needed).unwrap_or(&[]), dtype);
-    let shape = IxDyn(&view.size).strides(IxDyn(&view.stride));
-    let strided = ArrayView::from_shape(shape, &window)?;
-    // A contiguous row-major view is the window itself: no second copy.
-    let contiguous = strided.is_standard_layout() && numel == window.len();
-    let values = if contiguous {
-        window
-    } else {
-        strided.iter().copied().collect()
-    };
+    budget.take(numel)?;
+    let values = gather(view, numel, bytes, dtype)?;
     let array = ArrayD::from_shape_vec(IxDyn(&view.size), values)?;
     Ok(Tensor { dtype, array })
+}
+
+/// The `numel` elements a view selects, in row-major order. A row-major
+/// view is one slice of the storage, decoded at once; any other is gathered
+/// element by element, so the work is proportional to the tensor, never to
+/// the storage it views. The view has been checked to lie inside `bytes`.
+fn gather(view: &TensorRef, numel: usize, bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+    let width = dtype.size();
+    let element = |pos: usize| {
+        bytes
+            .get(pos * width..(pos + 1) * width)
+            .map(|b| decode_one(b, dtype))
+            .ok_or_else(|| anyhow!("element {pos} lies outside the storage"))
+    };
+    // Dimensions of size 1 move nothing; the others, outermost first.
+    let dims: Vec<(usize, usize)> = (view.size.iter().zip(&view.stride))
+        .filter(|(&n, _)| n != 1)
+        .map(|(&n, &s)| (n, s))
+        .collect();
+    let row_major = dims
+        .iter()
+        .rev()
+        .try_fold(1usize, |expected, &(n, s)| {
+            (s == expected).then(|| expected * n)
+        })
+        .is_some();
+    if row_major {
+        let start = view.offset * width;
+        let slice = bytes
+            .get(start..start + numel * width)
+            .ok_or_else(|| anyhow!("the tensor lies outside its storage"))?;
+        return Ok(decode(slice, dtype));
+    }
+    let mut values = Vec::with_capacity(numel);
+    let mut index = vec![0usize; dims.len()];
+    let mut pos = view.offset;
+    loop {
+        values.push(element(pos)?);
+        // Advance the multi-index like an odometer, innermost dimension first.
+        let mut d = dims.len();
+        loop {
+            if d == 0 {
+                return Ok(values);
+            }
+            d -= 1;
+            let (n, stride) = dims[d];
+            index[d] += 1;
+            if index[d] < n {
+                pos += stride;
+                break;
+            }
+            index[d] = 0;
+            pos -= stride * (n - 1);
+        }
+    }
 }
 
 fn checked_product(size: &[usize]) -> Result<usize> {
@@ -391,6 +520,18 @@ fn last_element(view: &TensorRef) -> Result<usize> {
                 view.stride
             )
         })
+}
+
+/// One little-endian element of `dtype` (`bytes` is exactly its size) → `f32`.
+fn decode_one(bytes: &[u8], dtype: Dtype) -> f32 {
+    let mut b = [0u8; 8];
+    b[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
+    match dtype {
+        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        Dtype::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        Dtype::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        Dtype::F64 => f64::from_le_bytes(b) as f32,
+    }
 }
 
 /// Raw little-endian storage bytes → `f32`, upcasting half precision.

@@ -1,15 +1,21 @@
 //! `model.safetensors`: a JSON header of names, dtypes, shapes and byte ranges,
 //! then the raw little-endian bytes.
 //!
+//! ```text
+//! [8 bytes: header length N, u64 LE][N bytes: JSON header][data: every tensor's bytes]
+//! {"wte.weight": {"dtype": "F32", "shape": [50257, 768], "data_offsets": [0, 154389504]}, ...}
+//! ```
+//!
 //! The file is memory-mapped and parsed by the `safetensors` crate, which checks
 //! that the header is valid and that every byte range lies inside the file, does
 //! not overlap another and matches `dtype × shape`. Each kept tensor is then
-//! upcast to `f32` from its stored dtype.
+//! upcast to `f32` from its stored dtype. When the crate refuses a file, we
+//! look at the header ourselves to say which tensor is wrong and how.
 
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use ndarray::{ArrayD, IxDyn};
@@ -18,13 +24,33 @@ use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
 use super::{Dtype, Tensor, Tensors};
 
 /// Read every tensor of a safetensors file for which `keep(name)` is true.
+/// Every error names the file.
 pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: the map is only read, and only during this call. A memory map is
-    // undefined behaviour if another process truncates or rewrites the file
-    // while it is mapped; like every mmap-based loader (safetensors' own
-    // Python binding included) we accept that a model file is not modified
-    // while it is being loaded. All bounds are checked by `SafeTensors`.
+    // SAFETY: `Mmap::map` is unsafe because Rust cannot check what it needs:
+    // that the mapped bytes stay valid and unchanged while a `&[u8]` into
+    // them exists. Here:
+    // 1. Lifetime. `mmap` lives until the end of this function.
+    //    `read_safetensors_bytes` borrows it and returns `Tensors`, which own
+    //    their data (every tensor is copied into a fresh `Vec<f32>`), so no
+    //    reference into the map can outlive it; the borrow checker enforces it.
+    // 2. Bounds. We never do pointer arithmetic on the map: it is read as a
+    //    `&[u8]` through safe slicing only, and `SafeTensors::deserialize`
+    //    checks the header length and every tensor's byte range against
+    //    `mmap.len()` (the file's length when mapped) before slicing.
+    //    An empty file is fine (memmap2 maps it as an empty slice).
+    // 3. No concurrent modification, the one obligation left to the caller:
+    //    the file is opened read-only and this crate never writes to it, but
+    //    another process could. Model files are written once (the Hugging Face
+    //    cache downloads to a temporary file and renames it into place), and
+    //    we accept that a model file is not modified while it is being
+    //    loaded, as every mmap-based loader does (safetensors' own Python
+    //    binding included). Were it violated anyway, the header has already
+    //    been parsed into owned values (names, shapes, offsets) before any
+    //    tensor byte is read, and tensor bytes are only decoded as numbers
+    //    (any bit pattern is a valid `u8`): a concurrent write can change
+    //    weights, not bounds or control flow; a concurrent truncation makes
+    //    the kernel stop the process with SIGBUS, never read other memory.
     let mmap = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
     read_safetensors_bytes(&mmap, keep).with_context(|| format!("in {}", path.display()))
@@ -32,7 +58,10 @@ pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tens
 
 /// [`read_safetensors`] on bytes already in memory.
 pub fn read_safetensors_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
-    let st = SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| match diagnose(bytes) {
+        Some(why) => anyhow!("not a valid safetensors file: {why} ({e})"),
+        None => anyhow!("not a valid safetensors file: {e}"),
+    })?;
     let mut tensors = Tensors::new();
     for (name, view) in st.tensors() {
         if keep(&name) {
@@ -74,4 +103,132 @@ fn convert<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> f32) -> Vec
             decode(b)
         })
         .collect()
+}
+
+// ---- saying what is wrong with a file the safetensors crate refused ----
+
+/// Bits per element of a safetensors dtype name, `None` for an unknown name.
+fn dtype_bits(name: &str) -> Option<usize> {
+    Some(match name {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "U16" | "I16" | "F16" | "BF16" => 16,
+        "U32" | "I32" | "F32" => 32,
+        "U64" | "I64" | "F64" | "C64" => 64,
+        _ => return None,
+    })
+}
+
+/// One header entry: (name, dtype, shape, data_offsets).
+type Entry<'a> = (&'a str, &'a str, Vec<u64>, [u64; 2]);
+
+/// The first problem found in a file's header, in words that name the tensor,
+/// or `None` when the header is too broken to read (the crate's own message
+/// then says why) or no specific problem is found.
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Some(format!(
+            "the file has {} bytes, fewer than the 8 of the header length",
+            bytes.len()
+        ));
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().ok()?);
+    let after = (bytes.len() - 8) as u64;
+    if header_len > after {
+        return Some(format!(
+            "the header length field says {header_len} bytes, but only {after} bytes follow it \
+             (a truncated file, or not a safetensors file)"
+        ));
+    }
+    let header_end = 8 + usize::try_from(header_len).ok()?;
+    let header = std::str::from_utf8(bytes.get(8..header_end)?).ok()?;
+    let json: serde_json::Value = serde_json::from_str(header).ok()?;
+    let data_len = (bytes.len() - header_end) as u64;
+    let mut entries: Vec<Entry> = Vec::new();
+    for (name, info) in json.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info.get("dtype")?.as_str()?;
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(serde_json::Value::as_u64)
+            .collect::<Option<_>>()?;
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let [start, end] = [offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?];
+        if let Some(problem) = check_entry(name, dtype, &shape, [start, end], data_len) {
+            return Some(problem);
+        }
+        entries.push((name, dtype, shape, [start, end]));
+    }
+    check_layout(&mut entries, data_len)
+}
+
+/// A tensor's own problems: a range that ends before it starts or past the
+/// data, or a byte count that disagrees with `dtype × shape`.
+fn check_entry(
+    name: &str,
+    dtype: &str,
+    shape: &[u64],
+    [start, end]: [u64; 2],
+    data_len: u64,
+) -> Option<String> {
+    if end < start {
+        return Some(format!(
+            "tensor {name:?} has data_offsets [{start}, {end}], which end before they start"
+        ));
+    }
+    let bytes = shape
+        .iter()
+        .try_fold(1u64, |acc, &n| acc.checked_mul(n))
+        .and_then(|n| n.checked_mul(dtype_bits(dtype)? as u64))
+        .map(|bits| bits.div_ceil(8));
+    if end > data_len {
+        let claim = bytes.map_or("an overflowing number of".into(), |b| b.to_string());
+        return Some(format!(
+            "tensor {name:?} ({dtype}, shape {shape:?}, {claim} bytes) has data_offsets \
+             [{start}, {end}], past the {data_len} bytes of data the file holds \
+             (a truncated file, or a size it does not hold)"
+        ));
+    }
+    match bytes {
+        Some(b) if b != end - start => Some(format!(
+            "tensor {name:?}: dtype {dtype} × shape {shape:?} is {b} bytes, but its data_offsets \
+             [{start}, {end}] hold {}",
+            end - start
+        )),
+        None if dtype_bits(dtype).is_some() => Some(format!(
+            "tensor {name:?}: the size of shape {shape:?} overflows"
+        )),
+        _ => None,
+    }
+}
+
+/// Problems between tensors: overlapping ranges, gaps, data left over.
+fn check_layout(entries: &mut [Entry], data_len: u64) -> Option<String> {
+    entries.sort_by_key(|(_, _, _, offsets)| *offsets);
+    let mut covered = 0u64;
+    let mut previous: Option<&Entry> = None;
+    for entry in entries.iter() {
+        let (name, _, _, [start, end]) = entry;
+        if *start < covered {
+            let (prev, _, _, [ps, pe]) = previous?;
+            return Some(format!(
+                "tensors {prev:?} (bytes {ps}..{pe}) and {name:?} (bytes {start}..{end}) overlap"
+            ));
+        }
+        if *start > covered {
+            return Some(format!(
+                "bytes {covered}..{start} of the data, before tensor {name:?}, belong to no tensor"
+            ));
+        }
+        covered = *end;
+        previous = Some(entry);
+    }
+    (covered != data_len).then(|| {
+        format!("the tensors cover {covered} bytes of data, but the file holds {data_len}")
+    })
 }

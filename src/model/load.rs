@@ -41,6 +41,28 @@ fn is_buffer(key: &str) -> bool {
 impl Gpt2 {
     /// Load `config.json` and the weights of a model directory, preferring
     /// `model.safetensors` over `pytorch_model.bin` when both are present.
+    ///
+    /// The files are untrusted input: loading never panics, never executes
+    /// anything (a `.bin` is parsed by a restricted unpickler), never reads
+    /// outside the file, and never allocates more than the bytes actually in
+    /// the file justify. Every error names the file, and the tensor when one
+    /// is at fault:
+    ///
+    /// - a missing directory, `config.json`, or weights file;
+    /// - a `config.json` that is not JSON, lacks a field, or is inconsistent
+    ///   ([`Config::from_json`]);
+    /// - a damaged weights file: truncated, ranges out of the file or
+    ///   overlapping, sizes that disagree with the bytes, an unsupported
+    ///   dtype, a pickle naming anything but tensors ([`crate::checkpoint`]);
+    /// - tensors that do not fit `config.json`: each missing, misshapen
+    ///   (expected and found shape) or unexpected tensor, all listed at once;
+    /// - **weights that are NaN or ±inf**. This is a choice: PyTorch would
+    ///   load them, but a single non-finite weight turns every logit it
+    ///   reaches into NaN, and generation would then quietly emit token 0
+    ///   forever. Such a file is corrupt or the product of a diverged
+    ///   training run; refusing it at load time says so where the cause is.
+    ///   (The causal-mask buffers `h.{i}.attn.bias`, which are never read,
+    ///   are not checked.)
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         ensure_dir(dir)?;
