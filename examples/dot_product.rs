@@ -7,8 +7,11 @@
 //!
 //! Small integers throughout, so every line can be checked with pencil and paper.
 
+mod common;
+
+use common::show::{num, show1, show2};
 use gpt2_ndarray::blocks::{conv1d, dot, linear, matmul, Conv1D};
-use ndarray::{array, Array1, Array2};
+use ndarray::array;
 
 fn main() {
     // ---------------------------------------------------------------- 1-D
@@ -80,24 +83,6 @@ fn main() {
     println!("linear(x, W, b) gives the same [2, 4] result.");
 }
 
-/// A number as a person would write it: at most 4 decimals, no trailing zeros.
-fn num(x: f32) -> String {
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let s = format!("{x:.4}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.into()
-    }
-}
-
 /// [`num`] in parentheses when negative, for products such as `2·(-5)`.
 fn factor(x: f32) -> String {
     if x < 0.0 {
@@ -105,28 +90,4 @@ fn factor(x: f32) -> String {
     } else {
         num(x)
     }
-}
-
-fn row(values: impl IntoIterator<Item = f32>) -> String {
-    let cells: Vec<String> = values
-        .into_iter()
-        .map(|v| format!("{:>7}", num(v)))
-        .collect();
-    format!("[{} ]", cells.join(""))
-}
-
-fn show1(name: &str, a: &Array1<f32>) {
-    println!(
-        "{name}   shape {:?}\n    {}\n",
-        a.shape(),
-        row(a.iter().copied())
-    );
-}
-
-fn show2(name: &str, a: &Array2<f32>) {
-    println!("{name}   shape {:?}", a.shape());
-    for r in a.rows() {
-        println!("    {}", row(r.iter().copied()));
-    }
-    println!();
 }

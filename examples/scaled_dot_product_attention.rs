@@ -8,11 +8,14 @@
 //! query may look, `-inf` where it would see the future). Three tokens, two
 //! features: every number fits on a page.
 
+mod common;
+
+use common::show::{num, show1, show2};
 use gpt2_ndarray::blocks::{
     causal_scores, layer_norm, matmul, mean, multi_head_attention, multi_head_attention_with_maps,
     scaled_dot_product_attention, softmax_rows, variance, LayerNorm,
 };
-use ndarray::{array, concatenate, s, Array1, Array2, Axis};
+use ndarray::{array, concatenate, s, Array1, Axis};
 
 fn main() {
     single_head();
@@ -147,46 +150,4 @@ fn layer_norm_then_two_heads() {
     show2("multi_head_attention(h, h, h, 2 heads)", &merged);
     let again = multi_head_attention(h.view(), h.view(), h.view(), n_head, scale, None);
     assert_eq!(again, merged);
-}
-
-/// A number as a person would write it: at most 4 decimals, no trailing zeros.
-fn num(x: f32) -> String {
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let s = format!("{x:.4}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.into()
-    }
-}
-
-fn row(values: impl IntoIterator<Item = f32>) -> String {
-    let cells: Vec<String> = values
-        .into_iter()
-        .map(|v| format!("{:>8}", num(v)))
-        .collect();
-    format!("[{} ]", cells.join(""))
-}
-
-fn show1(name: &str, a: &Array1<f32>) {
-    println!(
-        "{name}   shape {:?}\n    {}\n",
-        a.shape(),
-        row(a.iter().copied())
-    );
-}
-
-fn show2(name: &str, a: &Array2<f32>) {
-    println!("{name}   shape {:?}", a.shape());
-    for r in a.rows() {
-        println!("    {}", row(r.iter().copied()));
-    }
-    println!();
 }

@@ -8,8 +8,11 @@
 //! vector step by step, then on each row of a matrix, then why `m` is subtracted
 //! (a row of 1000s) and what a masked `-inf` score becomes.
 
+mod common;
+
+use common::show::{num, show1, show2};
 use gpt2_ndarray::blocks::{softmax, softmax_rows};
-use ndarray::{array, Array1, Array2, Axis};
+use ndarray::{array, Array1, Axis};
 
 fn main() {
     // ---------------------------------------------------------------- 1-D
@@ -78,49 +81,4 @@ fn by_hand(x: &Array1<f32>) -> Array1<f32> {
     let p = &e / sum;
     show1("p = exp(x - m) / Σ", &p);
     p
-}
-
-/// A number as a person would write it: at most 4 decimals, no trailing zeros.
-fn num(x: f32) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let s = format!("{x:.4}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.into()
-    }
-}
-
-fn row(values: impl IntoIterator<Item = f32>) -> String {
-    let cells: Vec<String> = values
-        .into_iter()
-        .map(|v| format!("{:>8}", num(v)))
-        .collect();
-    format!("[{} ]", cells.join(""))
-}
-
-fn show1(name: &str, a: &Array1<f32>) {
-    println!(
-        "{name}   shape {:?}\n    {}\n",
-        a.shape(),
-        row(a.iter().copied())
-    );
-}
-
-fn show2(name: &str, a: &Array2<f32>) {
-    println!("{name}   shape {:?}", a.shape());
-    for r in a.rows() {
-        println!("    {}", row(r.iter().copied()));
-    }
-    println!();
 }

@@ -1002,3 +1002,21 @@ fn tensors_viewing_one_storage_over_and_over_are_refused_before_allocation() {
     assert_eq!(tensors.len(), 3000);
     assert_eq!(tensors["t7"].array.as_slice(), Some(&[7.0, 16_007.0][..]));
 }
+
+/// A batch row with no real token has nothing to attend to: an error, not
+/// meaningless logits.
+#[test]
+fn an_all_padding_row_is_refused() {
+    let model = gpt2_ndarray::Gpt2::from_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/model"),
+    )
+    .unwrap();
+    let ids = ndarray::Array2::from_elem((2, 3), 50256u32);
+    let mut mask = ndarray::Array2::from_elem((2, 3), true);
+    mask.row_mut(1).fill(false);
+    let err = format!("{:#}", model.forward_batch(&ids, &mask).unwrap_err());
+    assert!(
+        err.contains("sequence 1") && err.contains("all padding"),
+        "{err}"
+    );
+}

@@ -1,6 +1,8 @@
 //! What the examples share: finding a model directory when none is given.
 #![allow(dead_code)] // each example uses part of it
 
+pub mod show;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};

@@ -41,6 +41,11 @@ impl KvCache {
         self.key_mask.is_empty()
     }
 
+    /// Number of cached positions that are real tokens (not padding).
+    pub fn real_tokens(&self) -> usize {
+        self.next_position
+    }
+
     /// Number of blocks the cache is for.
     pub fn layers(&self) -> usize {
         self.kv.len()

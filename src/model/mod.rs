@@ -259,6 +259,10 @@ impl Gpt2 {
                 mask.len(),
                 ids.len()
             );
+            ensure!(
+                cache.real_tokens() > 0 || mask.contains(&true),
+                "the sequence has no real token: its attention mask is all padding"
+            );
         }
         ensure!(
             cache.layers() == cfg.n_layer,
