@@ -29,9 +29,13 @@ fn golden(path: &str) -> PathBuf {
 
 /// An empty scratch directory of this test binary, unique per name.
 fn scratch(name: &str) -> PathBuf {
+    // Tests run in parallel threads of one process: every call gets its own
+    // folder, so no test removes the files of another.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bad_input_{}", std::process::id()))
-        .join(name);
+        .join(format!("{name}_{call}"));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
