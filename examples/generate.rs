@@ -15,7 +15,6 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use gpt2_ndarray::generate::{GenerateOptions, Generation};
-use gpt2_ndarray::{Gpt2, Tokenizer};
 
 /// Continue a prompt with a GPT-2, printing the text as it is generated.
 #[derive(Parser)]
@@ -56,12 +55,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (dir, note) = common::resolve_model(args.model)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-    let model = Gpt2::from_dir(&dir)?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (_, model, tokenizer) = common::load_model(args.model)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         do_sample: args.sample,

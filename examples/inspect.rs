@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use gpt2_ndarray::inspect::inspect;
-use gpt2_ndarray::{Gpt2, Tokenizer};
 
 /// Residual norms, attention entropies and the logit lens of a prompt, layer by layer.
 #[derive(Parser)]
@@ -37,12 +36,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (dir, note) = common::resolve_model(args.model)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-    let model = Gpt2::from_dir(&dir)?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (dir, model, tokenizer) = common::load_model(args.model)?;
     let ids = tokenizer.encode(&args.prompt)?;
     let seen = inspect(&model, &tokenizer, &ids, args.top_k)?;
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use gpt2_ndarray::{blocks::softmax, Gpt2, Tokenizer};
+use gpt2_ndarray::blocks::softmax;
 
 /// Print the most likely next tokens of a prompt under a GPT-2.
 #[derive(Parser)]
@@ -32,14 +32,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (dir, note) = common::resolve_model(args.model)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-
     let start = Instant::now();
-    let model = Gpt2::from_dir(&dir)?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (dir, model, tokenizer) = common::load_model(args.model)?;
     let loaded = start.elapsed();
 
     let ids = tokenizer.encode(&args.prompt)?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gpt2_ndarray::{perplexity::perplexity, Gpt2, Tokenizer};
+use gpt2_ndarray::perplexity::perplexity;
 
 /// Compute the perplexity of a text file.
 #[derive(Parser)]
@@ -37,12 +37,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (dir, note) = common::resolve_model(args.model)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-    let model = Gpt2::from_dir(&dir)?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (dir, model, tokenizer) = common::load_model(args.model)?;
     let mut ids: Vec<u32> = match (&args.file, &args.ids) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)

@@ -38,19 +38,16 @@ fn u32s(v: &Value) -> Vec<u32> {
 
 #[test]
 fn cached_decoding_gives_the_logits_of_a_full_recompute_at_every_step() {
-    for (dir, _) in models_with_references() {
+    for common::Case { model: dir, .. } in common::reference_cases() {
         let model = Gpt2::from_dir(&dir).expect("model");
         let tokenizer = Tokenizer::from_dir(&dir).expect("tokenizer");
         cache_equals_recompute(&model, &tokenizer);
     }
 }
 
-/// Trained weights have larger activations than the random model's; this is
-/// the whole-model budget with a looser absolute part (logits of ~±30).
-const CACHED: common::Tol = common::Tol {
-    atol: 5e-4,
-    rtol: 1e-4,
-};
+/// Trained weights have larger activations than the random model's: the
+/// trained models' whole-model budget serves both.
+const CACHED: common::Tol = common::TRAINED;
 
 fn cache_equals_recompute(model: &Gpt2, tokenizer: &Tokenizer) {
     let mut ids = tokenizer
@@ -77,20 +74,14 @@ fn cache_equals_recompute(model: &Gpt2, tokenizer: &Tokenizer) {
     }
 }
 
-/// The random golden model, and the trained model when its references exist.
-fn models_with_references() -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
-    let mut pairs = vec![(golden_dir().join("model"), golden_dir().join("reference"))];
-    let trained = golden_dir().join("kjv-gpt2");
-    if trained.join("generate.json").is_file() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2");
-        pairs.push((dir, trained));
-    }
-    pairs
-}
-
 #[test]
 fn greedy_continuations_are_transformers_token_for_token() {
-    for (dir, reference) in models_with_references() {
+    for common::Case {
+        model: dir,
+        reference,
+        ..
+    } in common::reference_cases()
+    {
         let model = Gpt2::from_dir(&dir).expect("model");
         let tokenizer = Tokenizer::from_dir(&dir).expect("tokenizer");
         let path = reference.join("generate.json");

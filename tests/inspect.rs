@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, golden_dir, read_f32, Tol, MODEL, SINGLE_OP};
+use common::{assert_close, golden_dir, read_f32, reference_cases, SINGLE_OP};
 use gpt2_ndarray::blocks::softmax;
 use gpt2_ndarray::inspect::{entropy, inspect, logit_lens, top_tokens, Inspection};
 use gpt2_ndarray::{Gpt2, Tokenizer};
@@ -20,50 +20,6 @@ fn load(dir: &Path) -> (Gpt2, Tokenizer) {
 
 fn golden() -> (Gpt2, Tokenizer) {
     load(&golden_dir().join("model"))
-}
-
-/// A model directory, its references (`python_ref/export_model.py`), and the
-/// tolerance its activations need.
-struct Case {
-    model: PathBuf,
-    reference: PathBuf,
-    tol: Tol,
-}
-
-/// Trained weights give larger activations and peaked softmaxes, hence larger
-/// absolute rounding differences (the tolerance of `tests/model_golden.rs`).
-const TRAINED: Tol = Tol {
-    atol: 5e-4,
-    rtol: 1e-4,
-};
-
-/// The random golden model always; the bundled trained model when its
-/// references are there; `GPT2_DIR` (references in `GPT2_REFERENCE` or
-/// `GPT2_DIR/reference`) when set.
-fn cases() -> Vec<Case> {
-    let mut cases = vec![Case {
-        model: golden_dir().join("model"),
-        reference: golden_dir().join("reference"),
-        tol: MODEL,
-    }];
-    if golden_dir().join("kjv-gpt2/manifest.json").is_file() {
-        cases.push(Case {
-            model: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2"),
-            reference: golden_dir().join("kjv-gpt2"),
-            tol: TRAINED,
-        });
-    }
-    if let Ok(dir) = std::env::var("GPT2_DIR") {
-        let dir = PathBuf::from(dir);
-        let reference =
-            std::env::var("GPT2_REFERENCE").map_or_else(|_| dir.join("reference"), PathBuf::from);
-        cases.push(Case {
-            model: dir,
-            reference,
-            tol: TRAINED,
-        });
-    }
-    cases
 }
 
 /// The prompts of a reference directory, from its `manifest.json`: the
@@ -90,7 +46,7 @@ fn matrix(path: PathBuf) -> Array2<f32> {
 
 #[test]
 fn every_attention_row_sums_to_one_and_is_zero_above_the_diagonal() {
-    for case in cases() {
+    for case in reference_cases() {
         let (model, tokenizer) = load(&case.model);
         for (reference, ids) in prompts(&case.reference) {
             let name = reference.display();
@@ -117,7 +73,7 @@ fn every_attention_row_sums_to_one_and_is_zero_above_the_diagonal() {
 
 #[test]
 fn attention_maps_and_residual_norms_are_transformers_activations() {
-    for case in cases() {
+    for case in reference_cases() {
         let (model, tokenizer) = load(&case.model);
         // embed, h.0, ..., h.{n-1}: the snapshots of the residual stream
         let names: Vec<String> = std::iter::once("embed".to_owned())
@@ -153,7 +109,7 @@ fn attention_maps_and_residual_norms_are_transformers_activations() {
 
 #[test]
 fn logit_lens_of_the_last_layer_is_the_models_logits() {
-    for case in cases() {
+    for case in reference_cases() {
         let (model, tokenizer) = load(&case.model);
         let last = format!("h.{}", model.config.n_layer - 1);
         for (reference, ids) in prompts(&case.reference) {

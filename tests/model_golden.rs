@@ -8,55 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{assert_close, golden_dir, read_f32, Tol, MODEL};
+use common::{assert_close, golden_dir, read_f32, reference_cases, MODEL};
 use gpt2_ndarray::model::WeightsFormat;
 use gpt2_ndarray::{Gpt2, Trace};
 use ndarray::{Array2, ArrayD};
 use serde_json::Value;
-
-/// A model directory, its references, and the tolerance its activations need.
-struct Case {
-    model: PathBuf,
-    reference: PathBuf,
-    tol: Tol,
-}
-
-/// Trained weights give larger activations (residual norms in the hundreds,
-/// peaked softmaxes), so their absolute errors are larger than the random
-/// model's; still fp32 summation-order noise.
-const TRAINED: Tol = Tol {
-    atol: 5e-4,
-    rtol: 1e-4,
-};
-
-fn cases() -> Vec<Case> {
-    let mut cases = vec![Case {
-        model: golden_dir().join("model"),
-        reference: golden_dir().join("reference"),
-        tol: MODEL,
-    }];
-    let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2");
-    if golden_dir().join("kjv-gpt2/manifest.json").is_file() {
-        cases.push(Case {
-            model: trained,
-            reference: golden_dir().join("kjv-gpt2"),
-            tol: TRAINED,
-        });
-    }
-    if let Ok(dir) = std::env::var("GPT2_DIR") {
-        let dir = PathBuf::from(dir);
-        let reference =
-            std::env::var("GPT2_REFERENCE").map_or_else(|_| dir.join("reference"), PathBuf::from);
-        cases.push(Case {
-            model: dir,
-            reference,
-            tol: TRAINED,
-        });
-    }
-    cases
-}
 
 fn manifest(reference: &Path) -> Value {
     let path = reference.join("manifest.json");
@@ -88,7 +46,7 @@ fn formats(dir: &Path) -> Vec<WeightsFormat> {
 /// Every activation transformers recorded, for every prompt and both formats.
 #[test]
 fn every_activation_matches_transformers_for_both_checkpoint_formats() {
-    for case in cases() {
+    for case in reference_cases() {
         let manifest = manifest(&case.reference);
         let names: Vec<&str> = manifest["tensors"]
             .as_array()
@@ -126,7 +84,7 @@ fn every_activation_matches_transformers_for_both_checkpoint_formats() {
 /// The most likely next token, and the top 5, are transformers' exactly.
 #[test]
 fn last_position_argmax_and_top5_are_identical() {
-    for case in cases() {
+    for case in reference_cases() {
         let manifest = manifest(&case.reference);
         let model = Gpt2::from_dir(&case.model).expect("load");
         for prompt in manifest["prompts"].as_array().expect("prompts") {

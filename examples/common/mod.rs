@@ -59,3 +59,17 @@ pub fn shown(dir: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     dir.strip_prefix(&cwd).unwrap_or(dir).display().to_string()
 }
+
+/// [`resolve_model`], then say which model runs when it fell back (one line on
+/// stderr), then load the model and its tokenizer.
+pub fn load_model(
+    arg: Option<PathBuf>,
+) -> Result<(PathBuf, gpt2_ndarray::Gpt2, gpt2_ndarray::Tokenizer)> {
+    let (dir, note) = resolve_model(arg)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let model = gpt2_ndarray::Gpt2::from_dir(&dir)?;
+    let tokenizer = gpt2_ndarray::Tokenizer::from_dir(&dir)?;
+    Ok((dir, model, tokenizer))
+}

@@ -194,3 +194,48 @@ struct Worst {
     budget: f64,
     used: f64,
 }
+
+/// A model directory, its references (written by `python_ref/export_model.py`),
+/// and the tolerance its whole-model activations need.
+pub struct Case {
+    pub model: PathBuf,
+    pub reference: PathBuf,
+    pub tol: Tol,
+}
+
+/// Trained weights give larger activations (residual norms in the hundreds,
+/// peaked softmaxes), so their absolute rounding differences are larger than
+/// the random model's; still fp32 summation-order noise.
+pub const TRAINED: Tol = Tol {
+    atol: 5e-4,
+    rtol: 1e-4,
+};
+
+/// The models the golden tests run on: the random golden model always; the
+/// bundled trained model when its references are committed; and `GPT2_DIR`
+/// (references in `GPT2_REFERENCE`, else `GPT2_DIR/reference`) when set.
+pub fn reference_cases() -> Vec<Case> {
+    let mut cases = vec![Case {
+        model: golden_dir().join("model"),
+        reference: golden_dir().join("reference"),
+        tol: MODEL,
+    }];
+    if golden_dir().join("kjv-gpt2/manifest.json").is_file() {
+        cases.push(Case {
+            model: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2"),
+            reference: golden_dir().join("kjv-gpt2"),
+            tol: TRAINED,
+        });
+    }
+    if let Ok(dir) = std::env::var("GPT2_DIR") {
+        let dir = PathBuf::from(dir);
+        let reference =
+            std::env::var("GPT2_REFERENCE").map_or_else(|_| dir.join("reference"), PathBuf::from);
+        cases.push(Case {
+            model: dir,
+            reference,
+            tol: TRAINED,
+        });
+    }
+    cases
+}
