@@ -66,11 +66,12 @@ fn main() {
             [1.0, 0.0, 2.0, 1.0],
             [0.0, 1.0, 1.0, -1.0],
             [1.0, 1.0, 0.0, 0.5]
-        ],
+        ]
+        .into(),
         bias: array![0.5, 0.0, -1.0, 0.0],
     };
     show2("x   (T = 2 tokens, in = 3)", &x);
-    show2("W   (in = 3, out = 4)", &layer.weight);
+    show2("W   (in = 3, out = 4)", &layer.weight.to_owned());
     show1("b   (out = 4)", &layer.bias);
     let xw = matmul(x.view(), layer.weight.view());
     println!("[2, 3]·[3, 4] -> [2, 4]: x·W[t, o] = Σᵢ x[t, i]·W[i, o]");

@@ -85,6 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--beta2", type=float, default=0.99)
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout probability while training, on the embeddings and the residual branches "
+                        "(embd_pdrop, resid_pdrop; not on attention probabilities, which would take SDPA off its "
+                        "fused path); the saved config keeps it, inference ignores it")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
@@ -280,6 +284,8 @@ def run_key(args, info):
     keys = ["n_layer", "n_head", "n_embd", "n_positions", "batch", "tokens", "lr", "min_lr_frac",
             "warmup", "weight_decay", "beta2", "grad_clip", "seed"]
     d = {k: getattr(args, k) for k in keys}
+    if args.dropout:
+        d["dropout"] = args.dropout
     d["text_sha256"] = info["text_sha256"]
     if getattr(args, "schedule_change", None):
         d["schedule_change"] = args.schedule_change
@@ -305,8 +311,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     config = GPT2Config(vocab_size=VOCAB, n_positions=args.n_positions, n_embd=args.n_embd,
-                        n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256)
+                        n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=args.dropout,
+                        embd_pdrop=args.dropout, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256)
     seen = np.unique(train_ids)
     model = CompactLM(config, seen.tolist())
     n_params = sum(p.numel() for p in model.parameters())

@@ -92,19 +92,12 @@ fn one_block_untied() -> Gpt2 {
     let mut tensors: Tensors = shapes
         .iter()
         .map(|&(name, shape)| {
-            let tensor = Tensor {
-                dtype: Dtype::F32,
-                array: ArrayD::zeros(shape),
-            };
+            let tensor = Tensor::owned(Dtype::F32, ArrayD::zeros(shape));
             (name.to_owned(), tensor)
         })
         .collect();
     for name in ["ln_f.weight", "ln_f.bias"] {
-        let array = ArrayD::zeros(vec![8]);
-        let tensor = Tensor {
-            dtype: Dtype::F32,
-            array,
-        };
+        let tensor = Tensor::owned(Dtype::F32, ArrayD::zeros(vec![8]));
         tensors.insert(name.to_owned(), tensor);
     }
     Gpt2::from_tensors(config, tensors).expect("the one-block model builds")

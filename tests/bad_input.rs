@@ -1004,7 +1004,7 @@ fn tensors_viewing_one_storage_over_and_over_are_refused_before_allocation() {
     });
     let tensors = read_pytorch_bin_bytes(&file, &|_| true).unwrap();
     assert_eq!(tensors.len(), 3000);
-    assert_eq!(tensors["t7"].array.as_slice(), Some(&[7.0, 16_007.0][..]));
+    assert_eq!(tensors["t7"].as_slice(), &[7.0, 16_007.0][..]);
 }
 
 /// A batch row with no real token has nothing to attend to: an error, not

@@ -48,7 +48,10 @@ fn check_scalar(name: &str, got: f32, tol: Tol) {
 fn conv1d_layer(case: &str) -> Conv1D {
     let weight = golden2(&format!("{case}.weight"));
     let bias = golden1(&format!("{case}.bias"));
-    Conv1D { weight, bias }
+    Conv1D {
+        weight: weight.into(),
+        bias,
+    }
 }
 
 fn layer_norm_params(case: &str) -> LayerNorm {

@@ -104,11 +104,31 @@ fn last_position_argmax_and_top5_are_identical() {
 
 /// Both formats load to bit-identical weights (the .bin in the 2019 legacy
 /// layout: no `transformer.` prefix, no `lm_head`, mask buffers present).
+/// The f32 matrices of the safetensors file are read in place from its
+/// memory map; those of the .bin are decoded into owned arrays.
 #[test]
 fn safetensors_and_pytorch_bin_load_identical_weights() {
     let dir = golden_dir().join("model");
     let a = Gpt2::from_dir_with(&dir, WeightsFormat::Safetensors).expect("safetensors");
     let b = Gpt2::from_dir_with(&dir, WeightsFormat::PytorchBin).expect("pytorch_model.bin");
+    let matrices = |m: &Gpt2| {
+        let mut all = vec![m.wte.clone(), m.wpe.clone()];
+        for block in &m.h {
+            all.push(block.attn.c_attn.weight.clone());
+            all.push(block.attn.c_proj.weight.clone());
+            all.push(block.mlp.c_fc.weight.clone());
+            all.push(block.mlp.c_proj.weight.clone());
+        }
+        all
+    };
+    assert!(
+        matrices(&a).iter().all(|w| w.is_shared()),
+        "safetensors f32 weights are mapped"
+    );
+    assert!(
+        matrices(&b).iter().all(|w| !w.is_shared()),
+        ".bin weights are owned"
+    );
     assert_eq!(a.wte, b.wte);
     assert_eq!(a.wpe, b.wpe);
     for (x, y) in a.h.iter().zip(&b.h) {

@@ -2,6 +2,8 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 
+use super::matrix::Matrix;
+
 /// Dot product of two vectors: `a · b = Σᵢ aᵢ bᵢ`.
 ///
 /// Shapes: `a: [n]`, `b: [n]` → scalar. Panics if the lengths differ, as
@@ -74,8 +76,9 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
 /// The parameters of a GPT-2 `Conv1D` module (despite its name, a linear layer).
 #[derive(Clone, Debug)]
 pub struct Conv1D {
-    /// `[in, out]` (`nx`, `nf` in transformers' naming).
-    pub weight: Array2<f32>,
+    /// `[in, out]` (`nx`, `nf` in transformers' naming); owned, or read in
+    /// place from a memory-mapped checkpoint.
+    pub weight: Matrix,
     /// `[out]`.
     pub bias: Array1<f32>,
 }
@@ -99,7 +102,7 @@ impl Conv1D {
 /// use ndarray::array;
 /// use gpt2_ndarray::blocks::{conv1d, Conv1D};
 /// let layer = Conv1D {
-///     weight: array![[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]], // [in=2, out=3]
+///     weight: array![[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]].into(), // [in=2, out=3]
 ///     bias: array![0.0, 0.5, 1.0],
 /// };
 /// assert_eq!((layer.n_in(), layer.n_out()), (2, 3)); // transformers: Conv1D(nf=3, nx=2)

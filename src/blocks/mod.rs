@@ -12,6 +12,7 @@
 //! | [`norm`] | mean, biased variance, layer norm | `torch.mean`, `torch.var(unbiased=False)`, `nn.LayerNorm` |
 //! | [`activation`] | `gelu_new`, exact GELU, ReLU, ... | `transformers.activations.ACT2FN` |
 //! | [`attention`] | causal scaled dot-product attention, multi-head | `F.scaled_dot_product_attention(is_causal=True)` |
+//! | [`matrix`] | a weight matrix, owned or read in place from a memory map | a `torch.Tensor` loaded with `mmap=True` |
 //!
 //! Nothing here imports the rest of the crate: a reader can study and test it alone.
 
@@ -19,6 +20,7 @@ pub mod activation;
 pub mod attention;
 pub mod gemm;
 pub mod linear;
+pub mod matrix;
 pub mod norm;
 pub mod softmax;
 
@@ -28,5 +30,6 @@ pub use attention::{
     scaled_dot_product_attention, AttentionMaps,
 };
 pub use linear::{conv1d, dot, linear, matmul, matmul_naive, Conv1D};
+pub use matrix::{Matrix, SharedBytes, SharedF32};
 pub use norm::{layer_norm, mean, variance, LayerNorm};
 pub use softmax::{softmax, softmax_inplace, softmax_rows};

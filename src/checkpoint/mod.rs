@@ -13,7 +13,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use crate::blocks::{Matrix, SharedF32};
 
 pub mod pickle;
 pub mod pytorch;
@@ -53,10 +55,88 @@ impl fmt::Display for Dtype {
 
 /// One tensor read from a checkpoint: its values as `f32` (row-major, the
 /// stored shape) and the dtype it was stored in.
-#[derive(Clone, Debug)]
+///
+/// The values are owned (decoded from half precision, gathered from a strided
+/// view, ...) or, for `f32` data in a memory-mapped `model.safetensors`, read
+/// in place ([`SharedF32`]): nothing is copied until a caller asks for an
+/// owned array.
+#[derive(Clone)]
 pub struct Tensor {
     pub dtype: Dtype,
-    pub array: ArrayD<f32>,
+    shape: Vec<usize>,
+    values: Values,
+}
+
+#[derive(Clone)]
+enum Values {
+    Owned(ArrayD<f32>),
+    Shared(SharedF32),
+}
+
+impl Tensor {
+    /// A tensor that owns its values.
+    pub fn owned(dtype: Dtype, array: ArrayD<f32>) -> Self {
+        let array = array.as_standard_layout().into_owned();
+        Tensor {
+            dtype,
+            shape: array.shape().to_vec(),
+            values: Values::Owned(array),
+        }
+    }
+
+    /// A tensor of `shape` read in place; `None` when the number of values is
+    /// not the number of elements.
+    pub fn shared(dtype: Dtype, shape: Vec<usize>, values: SharedF32) -> Option<Self> {
+        let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        (numel == values.as_slice().len()).then_some(Tensor {
+            dtype,
+            shape,
+            values: Values::Shared(values),
+        })
+    }
+
+    /// The stored shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The values, row-major.
+    pub fn as_slice(&self) -> &[f32] {
+        match &self.values {
+            Values::Owned(a) => a.as_slice().expect("kept in standard layout"),
+            Values::Shared(s) => s.as_slice(),
+        }
+    }
+
+    /// The values as an array of the stored shape.
+    pub fn view(&self) -> ArrayViewD<'_, f32> {
+        ArrayViewD::from_shape(IxDyn(&self.shape), self.as_slice())
+            .expect("the length was checked against the shape")
+    }
+
+    /// Whether the values are read in place from the file's memory map.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.values, Values::Shared(_))
+    }
+
+    /// The tensor as a matrix, without a copy (shared values stay shared);
+    /// `None` unless it has two dimensions.
+    pub fn into_matrix(self) -> Option<Matrix> {
+        let &[rows, cols] = self.shape.as_slice() else {
+            return None;
+        };
+        match self.values {
+            Values::Owned(a) => a.into_dimensionality().ok().map(Matrix::from),
+            Values::Shared(s) => Matrix::shared(s, (rows, cols)),
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let storage = if self.is_shared() { "shared" } else { "owned" };
+        write!(f, "Tensor({}, {storage}) {:?}", self.dtype, self.view())
+    }
 }
 
 /// State-dict key → tensor, sorted by key.

@@ -411,10 +411,7 @@ fn tensor_from_storage(
         .ok_or_else(|| anyhow!("unsupported {}", view.storage.ty.name))?;
     let numel = checked_product(&view.size)?;
     if numel == 0 {
-        return Ok(Tensor {
-            dtype,
-            array: ArrayD::zeros(IxDyn(&view.size)),
-        });
+        return Ok(Tensor::owned(dtype, ArrayD::zeros(IxDyn(&view.size))));
     }
     let end = last_element(view)?
         .checked_add(1)
@@ -440,7 +437,7 @@ fn tensor_from_storage(
     budget.take(numel)?;
     let values = gather(view, numel, bytes, dtype)?;
     let array = ArrayD::from_shape_vec(IxDyn(&view.size), values)?;
-    Ok(Tensor { dtype, array })
+    Ok(Tensor::owned(dtype, array))
 }
 
 /// The `numel` elements a view selects, in row-major order. A row-major

@@ -8,12 +8,14 @@
 //!
 //! The file is memory-mapped and parsed by the `safetensors` crate, which checks
 //! that the header is valid and that every byte range lies inside the file, does
-//! not overlap another and matches `dtype × shape`. Each kept tensor is then
-//! upcast to `f32` from its stored dtype. When the crate refuses a file, we
-//! look at the header ourselves to say which tensor is wrong and how.
+//! not overlap another and matches `dtype × shape`. An `f32` tensor is then
+//! used where it lies in the map (no copy); any other dtype is upcast to owned
+//! `f32`s. When the crate refuses a file, we look at the header ourselves to
+//! say which tensor is wrong and how.
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
@@ -22,42 +24,79 @@ use ndarray::{ArrayD, IxDyn};
 use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
 
 use super::{Dtype, Tensor, Tensors};
+use crate::blocks::{SharedBytes, SharedF32};
 
 /// Read every tensor of a safetensors file for which `keep(name)` is true.
 /// Every error names the file.
+///
+/// The file is memory-mapped, and `f32` tensors are **read in place**: their
+/// [`Tensor`]s share the map (it is unmapped when the last of them is
+/// dropped), so loading costs neither a copy nor a second resident set of the
+/// weights. Tensors stored in another dtype are decoded into owned `f32`s.
 pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: `Mmap::map` is unsafe because Rust cannot check what it needs:
     // that the mapped bytes stay valid and unchanged while a `&[u8]` into
     // them exists. Here:
-    // 1. Lifetime. `mmap` lives until the end of this function.
-    //    `read_safetensors_bytes` borrows it and returns `Tensors`, which own
-    //    their data (every tensor is copied into a fresh `Vec<f32>`), so no
-    //    reference into the map can outlive it; the borrow checker enforces it.
+    // 1. Lifetime. The map is owned by an `Arc` and every reference into it
+    //    is borrowed from that `Arc` (`SharedF32::as_slice` borrows `&self`,
+    //    which holds a clone of it), so the bytes stay mapped for as long as
+    //    any tensor or model that reads them exists; the borrow checker
+    //    enforces it. The map is unmapped when the last clone is dropped.
     // 2. Bounds. We never do pointer arithmetic on the map: it is read as a
     //    `&[u8]` through safe slicing only, and `SafeTensors::deserialize`
     //    checks the header length and every tensor's byte range against
-    //    `mmap.len()` (the file's length when mapped) before slicing.
+    //    `mmap.len()` (the file's length when mapped) before slicing;
+    //    `SharedF32::new` checks its range again, and its alignment, before
+    //    the bytes are seen as `f32`s (by `bytemuck`, which checks both).
     //    An empty file is fine (memmap2 maps it as an empty slice).
     // 3. No concurrent modification, the one obligation left to the caller:
     //    the file is opened read-only and this crate never writes to it, but
-    //    another process could. Model files are written once (the Hugging Face
-    //    cache downloads to a temporary file and renames it into place), and
-    //    we accept that a model file is not modified while it is being
-    //    loaded, as every mmap-based loader does (safetensors' own Python
-    //    binding included). Were it violated anyway, the header has already
-    //    been parsed into owned values (names, shapes, offsets) before any
-    //    tensor byte is read, and tensor bytes are only decoded as numbers
-    //    (any bit pattern is a valid `u8`): a concurrent write can change
-    //    weights, not bounds or control flow; a concurrent truncation makes
-    //    the kernel stop the process with SIGBUS, never read other memory.
+    //    another process could, for as long as the model lives. Model files
+    //    are written once (the Hugging Face cache downloads to a temporary
+    //    file and renames it into place, which leaves a mapped file intact),
+    //    and we accept that a model file is not modified in place while a
+    //    model read from it is alive, as every mmap-based loader does
+    //    (safetensors' own Python binding and `torch.load(mmap=True)`
+    //    included); `Gpt2::from_dir` documents it. Were it violated anyway,
+    //    the header has already been parsed into owned values (names, shapes,
+    //    offsets) before any tensor byte is read, and tensor bytes are only
+    //    used as numbers (any bit pattern is a valid `f32`): a concurrent
+    //    write can change weights, not bounds or control flow; a concurrent
+    //    truncation makes the kernel stop the process with SIGBUS, never read
+    //    other memory.
     let mmap = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
-    read_safetensors_bytes(&mmap, keep).with_context(|| format!("in {}", path.display()))
+    let shared: SharedBytes = Arc::new(mmap);
+    read_shared(&shared, keep).with_context(|| format!("in {}", path.display()))
 }
 
-/// [`read_safetensors`] on bytes already in memory.
+/// [`read_safetensors`] on bytes already in memory; every tensor is copied
+/// out of them.
 pub fn read_safetensors_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    read(bytes, keep, |_, _| None)
+}
+
+/// [`read_safetensors`] on shared bytes: `f32` tensors are read in place.
+pub fn read_shared(bytes: &SharedBytes, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+    let all: &[u8] = (**bytes).as_ref();
+    read(all, keep, |view, data| {
+        // Where the tensor's bytes start inside the file: an offset computed
+        // from two addresses, both inside `all`.
+        let start = data.as_ptr() as usize - all.as_ptr() as usize;
+        let values = SharedF32::new(Arc::clone(bytes), start, data.len() / 4)?;
+        Tensor::shared(Dtype::F32, view.shape().to_vec(), values)
+    })
+}
+
+/// Parse the header, then turn each kept tensor into a [`Tensor`]: `f32` data
+/// through `in_place` when it gives one, everything else decoded into owned
+/// values.
+fn read(
+    bytes: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+    in_place: impl Fn(&TensorView<'_>, &[u8]) -> Option<Tensor>,
+) -> Result<Tensors> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| match diagnose(bytes) {
         Some(why) => anyhow!("not a valid safetensors file: {why} ({e})"),
         None => anyhow!("not a valid safetensors file: {e}"),
@@ -65,14 +104,20 @@ pub fn read_safetensors_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Resu
     let mut tensors = Tensors::new();
     for (name, view) in st.tensors() {
         if keep(&name) {
-            let tensor = to_f32(&view).with_context(|| format!("tensor {name:?}"))?;
+            let shared = (view.dtype() == StDtype::F32)
+                .then(|| in_place(&view, view.data()))
+                .flatten();
+            let tensor = match shared {
+                Some(tensor) => tensor,
+                None => to_f32(&view).with_context(|| format!("tensor {name:?}"))?,
+            };
             tensors.insert(name, tensor);
         }
     }
     Ok(tensors)
 }
 
-/// Upcast one stored tensor to `f32`.
+/// Upcast one stored tensor to owned `f32`s.
 fn to_f32(view: &TensorView<'_>) -> Result<Tensor> {
     let bytes = view.data();
     let (dtype, values): (Dtype, Vec<f32>) = match view.dtype() {
@@ -90,7 +135,7 @@ fn to_f32(view: &TensorView<'_>) -> Result<Tensor> {
     };
     let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
         .context("shape does not match the number of bytes")?;
-    Ok(Tensor { dtype, array })
+    Ok(Tensor::owned(dtype, array))
 }
 
 /// Decode little-endian elements of `N` bytes each.

@@ -6,11 +6,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use ndarray::{Array1, Array2};
+use rayon::prelude::*;
 
 use super::{Attention, Block, Gpt2, Mlp};
-use crate::blocks::{Conv1D, LayerNorm};
-use crate::checkpoint::{pytorch::read_pytorch_bin, safetensors::read_safetensors, Dtype, Tensors};
+use crate::blocks::{Conv1D, LayerNorm, Matrix};
+use crate::checkpoint::{
+    pytorch::read_pytorch_bin, safetensors::read_safetensors, Dtype, Tensor, Tensors,
+};
 use crate::config::Config;
 
 /// The two weight files a GPT-2 directory may hold.
@@ -173,39 +176,41 @@ impl Store {
     }
 
     /// Move out the tensor `key`, checking its shape and values.
-    fn take(&mut self, key: &str, shape: &[usize]) -> Option<ArrayD<f32>> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Option<Tensor> {
         let Some(tensor) = self.tensors.remove(key) else {
             self.problems
                 .push(format!("missing tensor {key} (expected shape {shape:?})"));
             return None;
         };
-        if tensor.array.shape() != shape {
+        if tensor.shape() != shape {
             self.problems.push(format!(
                 "tensor {key} has shape {:?}, expected {shape:?} from config.json",
-                tensor.array.shape()
+                tensor.shape()
             ));
             return None;
         }
-        if let Some(bad) = tensor.array.iter().find(|v| !v.is_finite()) {
+        if let Some(bad) = first_non_finite(tensor.as_slice()) {
             self.problems.push(format!(
                 "tensor {key} contains {bad} (weights must be finite)"
             ));
             return None;
         }
         *self.stored_bytes.entry(tensor.dtype).or_default() +=
-            tensor.array.len() * tensor.dtype.size();
-        Some(tensor.array)
+            tensor.as_slice().len() * tensor.dtype.size();
+        Some(tensor)
     }
 
-    fn matrix(&mut self, key: &str, [rows, cols]: [usize; 2]) -> Array2<f32> {
+    /// A weight matrix; one read in place from a memory map stays there.
+    fn matrix(&mut self, key: &str, [rows, cols]: [usize; 2]) -> Matrix {
         self.take(key, &[rows, cols])
-            .and_then(|a| a.into_dimensionality::<Ix2>().ok())
-            .unwrap_or_else(|| Array2::zeros((0, 0)))
+            .and_then(Tensor::into_matrix)
+            .unwrap_or_else(|| Array2::zeros((0, 0)).into())
     }
 
+    /// A vector (biases, LayerNorm gains: small, so copied).
     fn vector(&mut self, key: &str, len: usize) -> Array1<f32> {
         self.take(key, &[len])
-            .and_then(|a| a.into_dimensionality::<Ix1>().ok())
+            .map(|t| Array1::from(t.as_slice().to_vec()))
             .unwrap_or_else(|| Array1::zeros(0))
     }
 
@@ -250,4 +255,22 @@ impl Store {
         }
         bail!(msg)
     }
+}
+
+/// The first NaN or ±inf among `values`, if any. This reads every weight once
+/// at load time, so it is written to run at memory speed: chunks in parallel,
+/// and inside a chunk a test the compiler turns into SIMD. A float is NaN or
+/// infinite exactly when its 8 exponent bits are all ones; adding 1 to that
+/// field then carries into the sign bit.
+fn first_non_finite(values: &[f32]) -> Option<f32> {
+    const CHUNK: usize = 1 << 15;
+    const EXPONENT: u32 = 0x7f80_0000;
+    let any_non_finite = |chunk: &[f32]| {
+        let carry = chunk.iter().fold(0u32, |acc, v| {
+            acc | ((v.to_bits() & EXPONENT) + 0x0080_0000)
+        });
+        carry & 0x8000_0000 != 0
+    };
+    let chunk = values.par_chunks(CHUNK).find_first(|c| any_non_finite(c))?;
+    chunk.iter().copied().find(|v| !v.is_finite())
 }

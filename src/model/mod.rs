@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::blocks::{conv1d, layer_norm, matmul, multi_head_attention, Conv1D, LayerNorm};
+use crate::blocks::{conv1d, layer_norm, matmul, multi_head_attention, Conv1D, LayerNorm, Matrix};
 use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::trace::Trace;
@@ -34,15 +34,15 @@ pub use load::WeightsFormat;
 pub struct Gpt2 {
     pub config: Config,
     /// Token embeddings `[vocab, C]`; also the head when tied.
-    pub wte: Array2<f32>,
+    pub wte: Matrix,
     /// Position embeddings `[n_positions, C]`.
-    pub wpe: Array2<f32>,
+    pub wpe: Matrix,
     /// The transformer blocks.
     pub h: Vec<Block>,
     /// Final LayerNorm.
     pub ln_f: LayerNorm,
     /// `lm_head.weight` `[vocab, C]`, only when the config unties it from `wte`.
-    pub lm_head: Option<Array2<f32>>,
+    pub lm_head: Option<Matrix>,
     /// Bytes the parameters took in the checkpoint, by stored dtype (they are
     /// all `f32` here). Empty for a model not read from a file.
     pub stored_bytes: BTreeMap<Dtype, usize>,
@@ -144,10 +144,11 @@ impl Gpt2 {
 
     /// `x = wte[ids] + wpe[positions]`: `[T]` → `[T, C]`.
     fn embed(&self, ids: &[u32], positions: &[usize]) -> Array2<f32> {
+        let (wte, wpe) = (self.wte.view(), self.wpe.view());
         let mut x = Array2::zeros((ids.len(), self.config.n_embd));
         for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(positions) {
-            row.assign(&self.wte.row(id as usize));
-            row += &self.wpe.row(pos);
+            row.assign(&wte.row(id as usize));
+            row += &wpe.row(pos);
         }
         x
     }
@@ -234,7 +235,7 @@ impl Gpt2 {
     /// ([`crate::inspect::logit_lens`]) use the model's own head.
     pub fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let w = self.lm_head.as_ref().unwrap_or(&self.wte);
-        matmul(x, w.t()) // [T, C] · [C, vocab]
+        matmul(x, w.view().t()) // [T, C] · [C, vocab]
     }
 
     /// Reject a step the model cannot run, with a message that says why.
