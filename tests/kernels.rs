@@ -91,3 +91,60 @@ fn matmul_results_do_not_depend_on_the_thread_count() {
         }
     }
 }
+
+/// Units in the last place between `got` and the exact (f64) value.
+fn ulps(got: f32, exact: f64) -> f64 {
+    let nearest = exact as f32;
+    let ulp = (f32::from_bits(nearest.abs().to_bits() + 1) - nearest.abs()) as f64;
+    (got as f64 - exact).abs() / ulp
+}
+
+/// The vectorisable exponential against the exact one, on a dense sweep of
+/// the range softmax and the GELUs use (and beyond): at most 2 ulp.
+#[test]
+fn fast_exp_is_within_two_ulp_everywhere_it_is_finite() {
+    use gpt2_ndarray::blocks::fastmath::exp;
+    let mut worst = (0.0f64, 0.0f32);
+    let n = 2_000_000;
+    for i in 0..=n {
+        let x = -87.0 + (88.7 + 87.0) * i as f32 / n as f32;
+        let e = ulps(exp(x), (x as f64).exp());
+        if e > worst.0 {
+            worst = (e, x);
+        }
+    }
+    assert!(worst.0 <= 2.0, "exp({}) is {:.2} ulp off", worst.1, worst.0);
+    assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp(-200.0), 0.0);
+    assert_eq!(exp(89.0), f32::INFINITY);
+    assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+    assert!(exp(f32::NAN).is_nan());
+    // Subnormal results: close to the exact value in absolute terms.
+    for x in [-87.5f32, -90.0, -100.0, -103.0] {
+        assert!((exp(x) as f64 - (x as f64).exp()).abs() < 2e-45, "exp({x})");
+    }
+}
+
+/// The lane-wise reductions equal the plain ones up to rounding, and keep
+/// their fixed order (the same input gives the same bits).
+#[test]
+fn lane_reductions_match_plain_loops() {
+    use gpt2_ndarray::blocks::fastmath::{dot_lanes, max_lanes, sum_lanes};
+    for n in [0usize, 1, 15, 16, 17, 100, 769] {
+        let x: Vec<f32> = random(1, n, 7).into_raw_vec_and_offset().0;
+        let y: Vec<f32> = random(1, n, 8).into_raw_vec_and_offset().0;
+        let plain_sum: f64 = x.iter().map(|&v| v as f64).sum();
+        let plain_dot: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let plain_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            (sum_lanes(&x) as f64 - plain_sum).abs() < 1e-5,
+            "sum of {n}"
+        );
+        assert!(
+            (dot_lanes(&x, &y) as f64 - plain_dot).abs() < 1e-5,
+            "dot of {n}"
+        );
+        assert_eq!(max_lanes(&x), plain_max, "max of {n}");
+        assert_eq!(sum_lanes(&x).to_bits(), sum_lanes(&x).to_bits());
+    }
+}

@@ -39,14 +39,15 @@ pub fn causal_scores(
     assert!(tq <= tk, "causal_scores: {tq} queries but only {tk} keys");
     let mut scores = matmul(q, k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
     for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
-        let pos = tk - tq + i;
-        for (j, s) in row.iter_mut().enumerate() {
-            let visible = j <= pos && key_mask.is_none_or(|m| m[j]);
-            *s = if visible {
-                *s * scale
-            } else {
-                f32::NEG_INFINITY
-            };
+        let row = row.as_slice_mut().expect("a fresh matrix is row-major");
+        let visible = tk - tq + i + 1; // keys 0..=pos
+        let (seen, future) = row.split_at_mut(visible);
+        seen.iter_mut().for_each(|s| *s *= scale);
+        future.fill(f32::NEG_INFINITY);
+        if let Some(mask) = key_mask {
+            for (s, _) in seen.iter_mut().zip(mask).filter(|(_, &real)| !real) {
+                *s = f32::NEG_INFINITY;
+            }
         }
     }
     scores

@@ -1,36 +1,51 @@
-//! The fast matrix products behind [`matmul`](super::matmul): a streaming
-//! matrix–vector kernel for a few rows, a tiled parallel GEMM for many.
+//! The fast matrix products behind [`matmul`](super::matmul) and
+//! [`linear`](fn@super::linear): a streaming matrix–vector kernel for a few
+//! rows, a packed SIMD GEMM for many.
 //!
 //! Why two: decoding multiplies **one** row by each weight matrix. That is
 //! bound by memory bandwidth (every weight is read once per token), and a GEMM
-//! library would first copy ("pack") the whole matrix into its own layout, so
-//! it reads every weight twice and writes it once. The matrix–vector kernels
-//! below read each weight exactly once, in the order it lies in memory. With
-//! many rows (a prompt) the product is bound by arithmetic instead, and
-//! `matrixmultiply`'s packed AVX/FMA kernels are what we want; we only split
-//! the output into tiles and run the tiles in parallel with rayon.
+//! library would first copy ("pack") the matrix into its own layout, reading
+//! every weight twice and writing it once. The matrix–vector kernels below
+//! read each weight exactly once, front to back, in the order it lies in
+//! memory. With many rows (a prompt) the product is bound by arithmetic
+//! instead, and a packed GEMM with AVX2/FMA micro-kernels chosen at run time
+//! (the `gemm` crate) is what we want.
 //!
 //! Every output element is computed by one thread, in an order that depends
 //! on the shapes only — never on the number of threads or on how the work was
 //! split — so results are bit-identical whatever the thread count.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+
+use super::fastmath::dot_lanes;
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
 
-/// GEMM tile: rows of the output.
-const TILE_ROWS: usize = 256;
-/// GEMM tile: columns of the output (a multiple of the 8-wide microkernel).
-const TILE_COLS: usize = 128;
-/// Columns per task in the matrix–vector kernels.
+/// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
+const GEMV_ROW_BLOCK: usize = 64;
+/// Columns per task in [`gemv_columns`].
 const GEMV_COLS: usize = 256;
 
-/// `c = a · b`. Shapes: `a: [m, k]`, `b: [k, n]`, `c: [m, n]` (overwritten,
-/// standard row-major layout).
-pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>) {
+/// Whether the product overwrites `c` or adds to what it holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Output {
+    /// `c = a · b`.
+    Overwrite,
+    /// `c = c + a · b` (the bias of a linear layer, already in `c`).
+    Accumulate,
+}
+
+/// `c = a · b` or `c += a · b`. Shapes: `a: [m, k]`, `b: [k, n]`, `c: [m, n]`
+/// (any strides for `a` and `b`; `c` in standard row-major layout for the
+/// matrix–vector kernels).
+pub fn matmul_into(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+) {
     let ((m, k), n) = (a.dim(), b.ncols());
     assert_eq!(
         b.nrows(),
@@ -44,77 +59,148 @@ pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<
         "matmul: the output is {:?}, expected [{m}, {n}]",
         c.dim()
     );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if output == Output::Overwrite {
+            c.fill(0.0);
+        }
+        return;
+    }
     if m <= GEMV_MAX_ROWS && c.is_standard_layout() {
         if b.strides()[1] == 1 {
-            return gemv_rows(a, b, c);
+            return gemv_rows(a, b, c, output);
         }
         if b.strides()[0] == 1 {
-            return gemv_columns(a, b, c);
+            return gemv_columns(a, b, c, output);
         }
     }
-    gemm_tiles(a, b, c.view_mut());
+    gemm(a, b, c.view_mut(), output);
 }
 
-/// Many rows: tiles of `TILE_ROWS × TILE_COLS` outputs in parallel, each a
-/// single-threaded `matrixmultiply` GEMM.
-fn gemm_tiles(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>) {
-    c.axis_chunks_iter_mut(Axis(0), TILE_ROWS)
-        .into_par_iter()
-        .zip(a.axis_chunks_iter(Axis(0), TILE_ROWS))
-        .for_each(|(mut c_rows, a_rows)| {
-            c_rows
-                .axis_chunks_iter_mut(Axis(1), TILE_COLS)
-                .into_par_iter()
-                .zip(b.axis_chunks_iter(Axis(1), TILE_COLS))
-                .for_each(|(mut c_tile, b_tile)| {
-                    general_mat_mul(1.0, &a_rows, &b_tile, 0.0, &mut c_tile);
-                });
-        });
+/// Many rows: the `gemm` crate's packed GEMM, threaded over the current rayon
+/// pool (it splits the output into blocks; each element's sum over `k` runs
+/// in one thread in a fixed order, whatever the number of threads).
+fn gemm(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
+    // The crate takes any strides; a negative one (a reversed view) is copied
+    // first so that every pointer below is the lowest address of its matrix.
+    if a.strides().iter().any(|&s| s < 0) {
+        return gemm(a.as_standard_layout().view(), b, c, output);
+    }
+    if b.strides().iter().any(|&s| s < 0) {
+        return gemm(a, b.as_standard_layout().view(), c, output);
+    }
+    if c.strides().iter().any(|&s| s < 0) {
+        let mut tmp = c.to_owned().as_standard_layout().into_owned();
+        gemm(a, b, tmp.view_mut(), output);
+        return c.assign(&tmp);
+    }
+    let ((m, k), n) = (a.dim(), b.ncols());
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides());
+    let (sa, sb, sc) = ([sa[0], sa[1]], [sb[0], sb[1]], [sc[0], sc[1]]);
+    let dst = c.as_mut_ptr();
+    // SAFETY: `gemm::gemm` reads `lhs[i·lhs_rs + l·lhs_cs]` for i < m, l < k,
+    // `rhs[l·rhs_rs + j·rhs_cs]` for l < k, j < n, and writes (and with
+    // `read_dst`, reads) `dst[i·dst_rs + j·dst_cs]` for i < m, j < n. Each
+    // pointer and its pair of strides come from one ndarray view of exactly
+    // those dimensions ([m, k], [k, n], [m, n]), and an ndarray view
+    // guarantees that every such offset from its pointer is inside the
+    // memory it borrows; the strides are non-negative (checked above), so
+    // the pointers are the views' first elements. `c` is borrowed mutably
+    // and `a`, `b` immutably for the whole call, so the output cannot
+    // overlap either input (the crate requires it), and no one else
+    // touches these elements meanwhile. The element type is `f32`, which the
+    // crate supports (it panics otherwise; it does not misbehave). The call
+    // returns only when every thread it started has finished.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            sc[1],
+            sc[0],
+            output == Output::Accumulate,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
 }
 
 /// A few rows times a matrix whose rows are contiguous (a `Conv1D` weight
-/// `[in, out]`): `cₜ = Σᵢ aₜᵢ · bᵢ`, adding whole rows of `b` scaled by one
-/// number, four rows at a time. Each task owns a band of output columns and
-/// streams that band of every row of `b` once.
-fn gemv_rows(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>) {
-    let k = a.ncols();
-    c.axis_chunks_iter_mut(Axis(1), GEMV_COLS)
+/// `[in, out]`, as it lies in the checkpoint): `cₜ = Σᵢ aₜᵢ · bᵢ`, adding
+/// whole rows of `b`, each scaled by one number.
+///
+/// The rows of `b` are cut into blocks of [`GEMV_ROW_BLOCK`]: each task reads
+/// its block front to back (one contiguous stretch of memory, which is what
+/// the hardware prefetcher streams best) into partial sums of its own, and the
+/// partial sums are then added in block order. The blocks depend on `k` only,
+/// so the result does not depend on the number of threads.
+fn gemv_rows(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
+    let ((m, k), n) = (a.dim(), b.ncols());
+    let partials: Vec<Array2<f32>> = b
+        .axis_chunks_iter(Axis(0), GEMV_ROW_BLOCK)
         .into_par_iter()
-        .zip(b.axis_chunks_iter(Axis(1), GEMV_COLS))
-        .for_each(|(mut c_band, b_band)| {
-            c_band.fill(0.0);
-            let row = |i: usize| b_band.row(i).to_slice().expect("unit column stride");
-            let mut i = 0;
-            while i + 4 <= k {
-                let (b0, b1, b2, b3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
-                for (t, mut acc) in c_band.rows_mut().into_iter().enumerate() {
-                    let acc = acc.as_slice_mut().expect("standard layout");
-                    let (x0, x1, x2, x3) = (a[[t, i]], a[[t, i + 1]], a[[t, i + 2]], a[[t, i + 3]]);
-                    for ((((y, &w0), &w1), &w2), &w3) in
-                        acc.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3)
-                    {
-                        *y += x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3;
-                    }
-                }
-                i += 4;
+        .enumerate()
+        .map(|(block, b_rows)| {
+            let i0 = block * GEMV_ROW_BLOCK;
+            let mut acc = Array2::zeros((m, n));
+            for (t, mut acc_t) in acc.rows_mut().into_iter().enumerate() {
+                let acc_t = acc_t.as_slice_mut().expect("fresh array");
+                let x = a.row(t);
+                add_scaled_rows(acc_t, b_rows, |i| x[i0 + i]);
             }
-            for i in i..k {
-                let bi = row(i);
-                for (t, mut acc) in c_band.rows_mut().into_iter().enumerate() {
-                    let acc = acc.as_slice_mut().expect("standard layout");
-                    let x = a[[t, i]];
-                    for (y, &w) in acc.iter_mut().zip(bi) {
-                        *y += x * w;
-                    }
-                }
-            }
-        });
+            acc
+        })
+        .collect();
+    debug_assert_eq!(partials.len(), k.div_ceil(GEMV_ROW_BLOCK));
+    let mut partials = partials.into_iter();
+    if output == Output::Overwrite {
+        let first = partials.next().expect("k > 0, so one block at least");
+        c.assign(&first);
+    }
+    for partial in partials {
+        c += &partial;
+    }
+}
+
+/// `acc += Σᵢ x(i) · rows[i]`, four rows at a time (one pass over `acc` per
+/// four rows of weights).
+fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, x: impl Fn(usize) -> f32) {
+    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
+    let k = rows.nrows();
+    let mut i = 0;
+    while i + 4 <= k {
+        let (b0, b1, b2, b3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
+        let (x0, x1, x2, x3) = (x(i), x(i + 1), x(i + 2), x(i + 3));
+        for ((((y, &w0), &w1), &w2), &w3) in acc.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3) {
+            *y += x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3;
+        }
+        i += 4;
+    }
+    for i in i..k {
+        let xi = x(i);
+        for (y, &w) in acc.iter_mut().zip(row(i)) {
+            *y += xi * w;
+        }
+    }
 }
 
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
-/// in attention): `cₜⱼ = aₜ · b₍:,ⱼ₎`, one dot product per output, each column
-/// of `b` read once for all rows.
-fn gemv_columns(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>) {
+/// in attention): `cₜⱼ (+)= aₜ · b₍:,ⱼ₎`, one dot product per output, each
+/// column of `b` read once for all rows.
+fn gemv_columns(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
     let a = a.as_standard_layout();
     let rows: Vec<&[f32]> = a
         .rows()
@@ -128,35 +214,12 @@ fn gemv_columns(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32
             for (j, column) in b_band.columns().into_iter().enumerate() {
                 let column = column.to_slice().expect("unit row stride");
                 for (t, row) in rows.iter().enumerate() {
-                    c_band[[t, j]] = dot_lanes(row, column);
+                    let d = dot_lanes(row, column);
+                    match output {
+                        Output::Overwrite => c_band[[t, j]] = d,
+                        Output::Accumulate => c_band[[t, j]] += d,
+                    }
                 }
             }
         });
-}
-
-/// Dot product of two slices with 16 independent partial sums, which the
-/// compiler turns into SIMD lanes; the partial sums are added in a fixed order.
-pub fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail: f32 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (xs, ys) in xc.zip(yc) {
-        for l in 0..LANES {
-            acc[l] += xs[l] * ys[l];
-        }
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0] + tail
 }

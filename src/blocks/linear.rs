@@ -2,6 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 
+use super::gemm::{matmul_into, Output};
 use super::matrix::Matrix;
 
 /// Dot product of two vectors: `a · b = Σᵢ aᵢ bᵢ`.
@@ -37,7 +38,7 @@ pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
 /// ```
 pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    super::gemm::matmul_into(a, b, c.view_mut());
+    matmul_into(a, b, c.view_mut(), Output::Overwrite);
     c
 }
 
@@ -68,8 +69,11 @@ pub fn matmul_naive(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// assert_eq!(linear(x.view(), w.view(), b.view()), array![[1.5, 2.5, 3.5]]);
 /// ```
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
-    let mut y = matmul(x, w); // [T, in] · [in, out] -> [T, out]
-    Zip::from(y.rows_mut()).for_each(|mut row| row += &b);
+    // Start from b in every row, then add x·W into it: the product's kernels
+    // add into their output, so the bias costs no extra pass over y.
+    let mut y = Array2::zeros((x.nrows(), w.ncols()));
+    Zip::from(y.rows_mut()).for_each(|mut row| row.assign(&b));
+    matmul_into(x, w, y.view_mut(), Output::Accumulate); // [T, in] · [in, out] -> [T, out]
     y
 }
 

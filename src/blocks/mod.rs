@@ -18,6 +18,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod fastmath;
 pub mod gemm;
 pub mod linear;
 pub mod matrix;
@@ -32,4 +33,4 @@ pub use attention::{
 pub use linear::{conv1d, dot, linear, matmul, matmul_naive, Conv1D};
 pub use matrix::{Matrix, SharedBytes, SharedF32};
 pub use norm::{layer_norm, mean, variance, LayerNorm};
-pub use softmax::{softmax, softmax_inplace, softmax_rows};
+pub use softmax::{softmax, softmax_inplace, softmax_rows, softmax_slice};

@@ -1,6 +1,9 @@
 //! Mean, variance and layer normalisation.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+use rayon::prelude::*;
+
+use super::fastmath::{sum_lanes, sum_squared_deviations};
 
 /// Mean of a vector: `μ = (1/n) Σᵢ xᵢ`. Shapes: `[n]` → scalar (NaN for `n = 0`).
 ///
@@ -11,7 +14,8 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 /// assert_eq!(mean(array![1.0, 2.0, 3.0, 6.0].view()), 3.0);
 /// ```
 pub fn mean(x: ArrayView1<f32>) -> f32 {
-    x.sum() / x.len() as f32
+    let x = x.as_standard_layout();
+    sum_lanes(x.as_slice().expect("standard layout")) / x.len() as f32
 }
 
 /// Biased variance: `σ² = (1/n) Σᵢ (xᵢ - μ)²`, as `torch.var(x, unbiased=False)`
@@ -29,7 +33,8 @@ pub fn mean(x: ArrayView1<f32>) -> f32 {
 /// ```
 pub fn variance(x: ArrayView1<f32>) -> f32 {
     let mu = mean(x);
-    x.fold(0.0, |acc, &v| acc + (v - mu) * (v - mu)) / x.len() as f32
+    let x = x.as_standard_layout();
+    sum_squared_deviations(x.as_slice().expect("standard layout"), mu) / x.len() as f32
 }
 
 /// The parameters of `nn.LayerNorm(n)`.
@@ -68,9 +73,11 @@ pub struct LayerNorm {
 /// ```
 pub fn layer_norm(x: ArrayView2<f32>, ln: &LayerNorm) -> Array2<f32> {
     let mut y = Array2::zeros(x.raw_dim());
-    Zip::from(y.rows_mut())
-        .and(x.rows())
-        .for_each(|mut y_row, x_row| {
+    y.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(x.axis_iter(Axis(0)))
+        .with_min_len(8)
+        .for_each(|(mut y_row, x_row)| {
             let mu = mean(x_row);
             let var = variance(x_row);
             let inv_std = 1.0 / (var + ln.eps).sqrt();

@@ -2,6 +2,8 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
+use super::fastmath::{exp, max_lanes, sum_lanes};
+
 /// Softmax of a vector: `softmax(x)ᵢ = exp(xᵢ - m) / Σⱼ exp(xⱼ - m)`, `m = maxⱼ xⱼ`.
 ///
 /// Shapes: `[n]` → `[n]`. Subtracting the maximum changes nothing
@@ -46,7 +48,7 @@ pub fn softmax(x: ArrayView1<f32>) -> Array1<f32> {
 /// assert_eq!(p.row(1), array![0.5, 0.5, 0.0]); // a masked entry gets exactly 0
 /// ```
 pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
-    let mut y = x.to_owned();
+    let mut y = x.as_standard_layout().into_owned();
     for row in y.axis_iter_mut(Axis(0)) {
         softmax_inplace(row);
     }
@@ -54,6 +56,10 @@ pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// [`softmax`] in place, the form the attention kernel uses on each row of scores.
+///
+/// Three passes over the row: the maximum, then `eˣ⁻ᵐ` and their sum, then the
+/// scaling by `1/sum` — each a loop the compiler vectorises (the maximum and
+/// the sum over 16 lanes, the exponential [`exp`](super::fastmath::exp)).
 ///
 /// ```
 /// use ndarray::array;
@@ -66,17 +72,28 @@ pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
 /// }
 /// ```
 pub fn softmax_inplace(mut x: ArrayViewMut1<f32>) {
-    let max = x.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    match x.as_slice_mut() {
+        Some(row) => softmax_slice(row),
+        None => {
+            let mut row = x.to_vec();
+            softmax_slice(&mut row);
+            x.assign(&ArrayView1::from(&row[..]));
+        }
+    }
+}
+
+/// [`softmax_inplace`] on a contiguous row.
+pub fn softmax_slice(x: &mut [f32]) {
+    let max = max_lanes(x);
     if max == f32::NEG_INFINITY {
         x.fill(0.0);
         return;
     }
-    let mut sum = 0.0;
-    x.mapv_inplace(|v| {
-        let e = (v - max).exp();
-        sum += e;
-        e
-    });
-    let inv = 1.0 / sum;
-    x.mapv_inplace(|e| e * inv);
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / sum_lanes(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
 }

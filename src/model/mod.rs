@@ -12,12 +12,16 @@
 //! on top of it. Dropout is the identity at inference and does not appear.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use anyhow::{bail, ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::blocks::{conv1d, layer_norm, matmul, multi_head_attention, Conv1D, LayerNorm, Matrix};
+use crate::blocks::{
+    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps, Conv1D,
+    LayerNorm, Matrix,
+};
 use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::trace::Trace;
@@ -86,6 +90,13 @@ pub enum Logits {
     Last,
 }
 
+/// One sequence of a forward step that runs several: its new tokens are the
+/// rows `rows` of the stacked activations, and `cache` holds its past.
+struct Sequence<'c> {
+    rows: Range<usize>,
+    cache: &'c mut KvCache,
+}
+
 impl Gpt2 {
     /// Logits `[T, vocab]` of one sequence, every position.
     pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>> {
@@ -124,29 +135,51 @@ impl Gpt2 {
         trace: &mut Trace,
     ) -> Result<Array2<f32>> {
         self.check_step(ids, mask, cache)?;
-        let mask: Vec<bool> = mask.map_or_else(|| vec![true; ids.len()], <[bool]>::to_vec);
-        let positions = cache.push_positions(&mask);
+        let x = self.embed(ids, mask, cache); // [T, C]
+        let mut sequences = [Sequence {
+            rows: 0..ids.len(),
+            cache,
+        }];
+        Ok(self.forward_rows(x, &mut sequences, logits, trace))
+    }
 
-        let mut x = self.embed(ids, &positions); // [T, C]
+    /// The forward pass of several sequences at once, their rows stacked in
+    /// one `[ΣT, C]` matrix: every linear layer then multiplies all of them by
+    /// its weights in one product (a batch of 8 prompts of 128 tokens is one
+    /// `[1024, C]` product per layer, not eight `[128, C]` ones), and only
+    /// attention looks at each sequence, with its own cache, separately.
+    /// Returns the logits `[ΣT', vocab]` (`T'` = 1 per sequence for
+    /// [`Logits::Last`]). The trace records the stacked activations.
+    fn forward_rows(
+        &self,
+        mut x: Array2<f32>,
+        sequences: &mut [Sequence<'_>],
+        logits: Logits,
+        trace: &mut Trace,
+    ) -> Array2<f32> {
         trace.record("embed", x.view());
         for (i, block) in self.h.iter().enumerate() {
-            x = self.block(i, block, x, cache, trace);
+            x = self.block(i, block, x, sequences, trace);
         }
         if logits == Logits::Last {
-            x = x.slice_move(s![-1.., ..]); // [1, C]
+            let last: Vec<usize> = sequences.iter().map(|s| s.rows.end - 1).collect();
+            x = x.select(Axis(0), &last); // [B, C]
         }
         let x = layer_norm(x.view(), &self.ln_f);
         trace.record("ln_f", x.view());
         let logits = self.head(x.view()); // [T', vocab]
         trace.record("logits", logits.view());
-        Ok(logits)
+        logits
     }
 
-    /// `x = wte[ids] + wpe[positions]`: `[T]` → `[T, C]`.
-    fn embed(&self, ids: &[u32], positions: &[usize]) -> Array2<f32> {
+    /// `x = wte[ids] + wpe[positions]`: `[T]` → `[T, C]`, the positions
+    /// following those in `cache` (which registers them).
+    fn embed(&self, ids: &[u32], mask: Option<&[bool]>, cache: &mut KvCache) -> Array2<f32> {
+        let mask: Vec<bool> = mask.map_or_else(|| vec![true; ids.len()], <[bool]>::to_vec);
+        let positions = cache.push_positions(&mask);
         let (wte, wpe) = (self.wte.view(), self.wpe.view());
         let mut x = Array2::zeros((ids.len(), self.config.n_embd));
-        for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(positions) {
+        for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(&positions) {
             row.assign(&wte.row(id as usize));
             row += &wpe.row(pos);
         }
@@ -159,12 +192,12 @@ impl Gpt2 {
         i: usize,
         h: &Block,
         mut x: Array2<f32>,
-        cache: &mut KvCache,
+        sequences: &mut [Sequence<'_>],
         trace: &mut Trace,
     ) -> Array2<f32> {
         let a = layer_norm(x.view(), &h.ln_1); // [T, C]
         trace.record_in(i, "ln_1", a.view());
-        x += &self.attention(i, &h.attn, a.view(), cache, trace);
+        x += &self.attention(i, &h.attn, a.view(), sequences, trace);
         trace.record_in(i, "resid_1", x.view());
 
         let m = layer_norm(x.view(), &h.ln_2); // [T, C]
@@ -182,7 +215,7 @@ impl Gpt2 {
         i: usize,
         attn: &Attention,
         x: ArrayView2<f32>,
-        cache: &mut KvCache,
+        sequences: &mut [Sequence<'_>],
         trace: &mut Trace,
     ) -> Array2<f32> {
         let c = self.config.n_embd;
@@ -193,23 +226,47 @@ impl Gpt2 {
             qkv.slice(s![.., c..2 * c]),
             qkv.slice(s![.., 2 * c..]),
         );
-        cache.append(i, k_new, v_new);
-        let (k, v) = cache.keys_values(i); // [Tk, C] each: cached positions and these
-        let key_mask = cache.key_mask();
+        for seq in sequences.iter_mut() {
+            let rows = s![seq.rows.clone(), ..];
+            seq.cache.append(i, k_new.slice(rows), v_new.slice(rows));
+        }
         let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
 
         let traced = ["attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs"];
-        let merged = if traced.iter().any(|step| trace.wants_in(i, step)) {
-            for (name, t) in [("attn.q", q), ("attn.k", k), ("attn.v", v)] {
-                trace.record_in(i, name, split_heads(t, n_head).view());
+        let merged = match &*sequences {
+            [seq] if traced.iter().any(|step| trace.wants_in(i, step)) => {
+                let (k, v) = seq.cache.keys_values(i); // [Tk, C] each: cached positions and these
+                for (name, t) in [("attn.q", q), ("attn.k", k), ("attn.v", v)] {
+                    trace.record_in(i, name, split_heads(t, n_head).view());
+                }
+                let key_mask = seq.cache.key_mask();
+                let (merged, maps) =
+                    multi_head_attention_with_maps(q, k, v, n_head, scale, key_mask);
+                trace.record_in(i, "attn.scores", maps.scores.view());
+                trace.record_in(i, "attn.probs", maps.probs.view());
+                merged
             }
-            let (merged, maps) =
-                crate::blocks::multi_head_attention_with_maps(q, k, v, n_head, scale, key_mask);
-            trace.record_in(i, "attn.scores", maps.scores.view());
-            trace.record_in(i, "attn.probs", maps.probs.view());
-            merged
-        } else {
-            multi_head_attention(q, k, v, n_head, scale, key_mask)
+            _ => {
+                // Each sequence attends over its own cache, into its own rows.
+                let mut merged = Array2::zeros((x.nrows(), c));
+                let mut rest = merged.view_mut();
+                let mut outputs = Vec::with_capacity(sequences.len());
+                for seq in sequences.iter() {
+                    let (out, tail) = rest.split_at(Axis(0), seq.rows.len());
+                    outputs.push(out);
+                    rest = tail;
+                }
+                outputs
+                    .into_par_iter()
+                    .zip(sequences.par_iter())
+                    .for_each(|(mut out, seq)| {
+                        let (k, v) = seq.cache.keys_values(i);
+                        let q = q.slice(s![seq.rows.clone(), ..]);
+                        let key_mask = seq.cache.key_mask();
+                        out.assign(&multi_head_attention(q, k, v, n_head, scale, key_mask));
+                    });
+                merged
+            }
         }; // [T, C]
         trace.record_in(i, "attn.merged", merged.view());
         let out = conv1d(merged.view(), &attn.c_proj); // [T, C]
@@ -221,8 +278,7 @@ impl Gpt2 {
     fn mlp(&self, i: usize, mlp: &Mlp, x: ArrayView2<f32>, trace: &mut Trace) -> Array2<f32> {
         let mut hidden = conv1d(x, &mlp.c_fc); // [T, n_inner]
         trace.record_in(i, "mlp.c_fc", hidden.view());
-        let act = self.config.activation;
-        hidden.par_mapv_inplace(|v| act.apply(v));
+        self.config.activation.apply_inplace(hidden.view_mut());
         trace.record_in(i, "mlp.act", hidden.view());
         let out = conv1d(hidden.view(), &mlp.c_proj); // [T, C]
         trace.record_in(i, "mlp.c_proj", out.view());
@@ -284,9 +340,11 @@ impl Gpt2 {
     }
 
     /// Logits `[B, T, vocab]` of a padded batch: `ids` and `mask` are `[B, T]`,
-    /// `mask` true at real tokens (padding left or right). The rows run in
-    /// parallel; at real positions each equals the unpadded sequence's own
-    /// logits, at padding positions the values are meaningless.
+    /// `mask` true at real tokens (padding left or right). The sequences go
+    /// through the linear layers together, as one `[B·T, C]` matrix, and
+    /// through attention each on its own; at real positions each equals the
+    /// unpadded sequence's own logits, at padding positions the values are
+    /// meaningless.
     pub fn forward_batch(&self, ids: &Array2<u32>, mask: &Array2<bool>) -> Result<Array3<f32>> {
         self.forward_batch_with(ids, mask, Logits::All)
     }
@@ -306,24 +364,34 @@ impl Gpt2 {
             ids.dim(),
             mask.dim()
         );
-        let rows: Vec<Array2<f32>> = ids
+        let (b, t) = ids.dim();
+        let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(self.config.n_layer)).collect();
+        let mut x = Array2::zeros((b * t, self.config.n_embd)); // [B·T, C]
+        for (row, ((ids, mask), cache)) in ids
             .outer_iter()
-            .into_par_iter()
             .zip(mask.outer_iter())
+            .zip(&mut caches)
             .enumerate()
-            .map(|(b, (ids, mask))| {
-                let mut cache = KvCache::new(self.config.n_layer);
-                let (ids, mask) = (ids.to_vec(), mask.to_vec());
-                self.forward_step(&ids, Some(&mask), &mut cache, logits, &mut Trace::off())
-                    .map_err(|e| e.context(format!("sequence {b} of the batch")))
-            })
-            .collect::<Result<_>>()?;
-        let t = rows.first().map_or(0, |r| r.nrows());
-        let mut out = Array3::zeros((rows.len(), t, self.config.vocab_size));
-        for (mut dst, src) in out.outer_iter_mut().zip(&rows) {
-            dst.assign(src);
+        {
+            let (ids, mask) = (ids.to_vec(), mask.to_vec());
+            self.check_step(&ids, Some(&mask), cache)
+                .map_err(|e| e.context(format!("sequence {row} of the batch")))?;
+            x.slice_mut(s![row * t..(row + 1) * t, ..])
+                .assign(&self.embed(&ids, Some(&mask), cache));
         }
-        Ok(out)
+        let mut sequences: Vec<Sequence<'_>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(row, cache)| Sequence {
+                rows: row * t..(row + 1) * t,
+                cache,
+            })
+            .collect();
+        let out = self.forward_rows(x, &mut sequences, logits, &mut Trace::off());
+        let per_row = if logits == Logits::Last { 1 } else { t };
+        Ok(out
+            .into_shape_with_order((b, per_row, self.config.vocab_size))
+            .expect("the rows of each sequence are consecutive"))
     }
 }
 
