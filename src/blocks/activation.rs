@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::fastmath::{exp, sigmoid};
+use super::fastmath::{exp, map_inplace, sigmoid};
 
 /// `√(2/π)`, the constant of the tanh approximation of GELU.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -160,7 +160,7 @@ impl Activation {
                 .into_par_iter()
                 .with_min_len(4)
                 .for_each(|mut row| match row.as_slice_mut() {
-                    Some(row) => row.iter_mut().for_each(|v| *v = f(*v)),
+                    Some(row) => map_inplace(row, &f),
                     None => row.iter_mut().for_each(|v| *v = f(*v)),
                 });
         }

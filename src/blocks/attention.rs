@@ -1,8 +1,9 @@
 //! Causal scaled dot-product attention, for one head and for many.
 
-use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::gemm::{product, Output, Threads};
 use super::linear::matmul;
 use super::softmax::softmax_inplace;
 
@@ -38,9 +39,21 @@ pub fn causal_scores(
     let (tq, tk) = (q.nrows(), k.nrows());
     assert!(tq <= tk, "causal_scores: {tq} queries but only {tk} keys");
     let mut scores = matmul(q, k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
+    scale_and_mask(scores.view_mut(), tk - tq, scale, key_mask);
+    scores
+}
+
+/// `sᵢⱼ ← scale · sᵢⱼ` where query `i` (at position `first + i`) sees key `j`,
+/// `-inf` where it does not: keys after its position, and padding keys.
+fn scale_and_mask(
+    mut scores: ArrayViewMut2<f32>,
+    first: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) {
     for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
         let row = row.as_slice_mut().expect("a fresh matrix is row-major");
-        let visible = tk - tq + i + 1; // keys 0..=pos
+        let visible = (first + i + 1).min(row.len()); // keys 0..=position
         let (seen, future) = row.split_at_mut(visible);
         seen.iter_mut().for_each(|s| *s *= scale);
         future.fill(f32::NEG_INFINITY);
@@ -50,7 +63,6 @@ pub fn causal_scores(
             }
         }
     }
-    scores
 }
 
 /// Scaled dot-product attention of one head, causal:
@@ -198,18 +210,28 @@ fn attend_heads(
             let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
             // Queries in blocks: block rows r0..r1 see only the keys before
             // position tk - tq + r1, so the masked upper triangle is skipped.
+            // Each head is one task: its products run on this thread.
             for (b, q_block) in q.axis_chunks_iter(Axis(0), QUERY_BLOCK).enumerate() {
                 let r0 = b * QUERY_BLOCK;
                 let r1 = r0 + q_block.nrows();
                 let visible = tk - tq + r1;
+                let (k, v) = (k.slice(s![..visible, ..]), v.slice(s![..visible, ..]));
+                let mut probs = Array2::zeros((r1 - r0, visible));
+                product(
+                    q_block,
+                    k.t(),
+                    probs.view_mut(),
+                    Output::Overwrite,
+                    Threads::Caller,
+                );
                 let mask = key_mask.map(|m| m.slice_move(s![..visible]));
-                let mut probs = causal_scores(q_block, k.slice(s![..visible, ..]), scale, mask);
+                scale_and_mask(probs.view_mut(), tk - tq + r0, scale, mask);
                 if let Some((scores, _)) = maps.as_mut() {
                     scores.slice_mut(s![r0..r1, ..visible]).assign(&probs);
                 }
                 probs.rows_mut().into_iter().for_each(softmax_inplace);
-                let block_out = matmul(probs.view(), v.slice(s![..visible, ..])); // [rows, d]
-                out.slice_mut(s![r0..r1, ..]).assign(&block_out);
+                let rows = out.slice_mut(s![r0..r1, ..]); // [rows, d]
+                product(probs.view(), v, rows, Output::Overwrite, Threads::Caller);
                 if let Some((_, maps_probs)) = maps.as_mut() {
                     maps_probs.slice_mut(s![r0..r1, ..visible]).assign(&probs);
                 }

@@ -11,8 +11,22 @@
 //! the C library, one element at a time; [`exp`] is inlined into the loop that
 //! uses it and vectorised with it.
 
+use multiversion::multiversion;
+
 /// Partial sums kept by the reductions below.
 const LANES: usize = 16;
+
+/// The instruction sets the loops below are also compiled for; the best one
+/// the CPU has is picked at run time (by `multiversion`). The code is the same
+/// for every target and none of it fuses a multiply and an add, so every
+/// version gives the same bits: only the vector width changes.
+macro_rules! simd_targets {
+    ($item:item) => {
+        #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+        $item
+    };
+}
+pub(crate) use simd_targets;
 
 /// Add the lanes pairwise, in a fixed order.
 #[inline(always)]
@@ -35,6 +49,17 @@ fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
 /// assert_eq!(sum_lanes(&[]), 0.0);
 /// ```
 pub fn sum_lanes(x: &[f32]) -> f32 {
+    sum_lanes_simd(x)
+}
+
+simd_targets! {
+    fn sum_lanes_simd(x: &[f32]) -> f32 {
+        sum(x)
+    }
+}
+
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -48,6 +73,17 @@ pub fn sum_lanes(x: &[f32]) -> f32 {
 
 /// `Σᵢ (xᵢ - c)²` with 16 partial sums (the numerator of a variance).
 pub fn sum_squared_deviations(x: &[f32], c: f32) -> f32 {
+    sum_squared_deviations_simd(x, c)
+}
+
+simd_targets! {
+    fn sum_squared_deviations_simd(x: &[f32], c: f32) -> f32 {
+        squared_deviations(x, c)
+    }
+}
+
+#[inline(always)]
+pub(crate) fn squared_deviations(x: &[f32], c: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().map(|&v| (v - c) * (v - c)).sum();
@@ -68,6 +104,17 @@ pub fn sum_squared_deviations(x: &[f32], c: f32) -> f32 {
 /// assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
 /// ```
 pub fn max_lanes(x: &[f32]) -> f32 {
+    max_lanes_simd(x)
+}
+
+simd_targets! {
+    fn max_lanes_simd(x: &[f32]) -> f32 {
+        max(x)
+    }
+}
+
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks
@@ -89,6 +136,17 @@ pub fn max_lanes(x: &[f32]) -> f32 {
 /// assert_eq!(dot_lanes(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
 /// ```
 pub fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    dot_lanes_simd(x, y)
+}
+
+simd_targets! {
+    fn dot_lanes_simd(x: &[f32], y: &[f32]) -> f32 {
+        dot(x, y)
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_lanes: lengths differ");
     let mut acc = [0.0f32; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
@@ -169,4 +227,14 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
+}
+
+simd_targets! {
+    /// `xᵢ ← f(xᵢ)` for every element, with `f` inlined into a loop compiled
+    /// for the CPU's widest vectors (the activations, elementwise).
+    pub fn map_inplace<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+        for v in x.iter_mut() {
+            *v = f(*v);
+        }
+    }
 }

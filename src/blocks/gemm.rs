@@ -15,10 +15,12 @@
 //! on the shapes only — never on the number of threads or on how the work was
 //! split — so results are bit-identical whatever the thread count.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::fastmath::dot_lanes;
+use multiversion::multiversion;
+
+use super::fastmath::{dot_lanes, simd_targets};
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
@@ -37,14 +39,30 @@ pub enum Output {
     Accumulate,
 }
 
-/// `c = a · b` or `c += a · b`. Shapes: `a: [m, k]`, `b: [k, n]`, `c: [m, n]`
-/// (any strides for `a` and `b`; `c` in standard row-major layout for the
-/// matrix–vector kernels).
-pub fn matmul_into(
+/// Where a product runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Threads {
+    /// Split over the current rayon pool.
+    Pool,
+    /// On the calling thread only: for products that are already one of many
+    /// tasks running in parallel (a head of attention), where splitting each
+    /// again would only add overhead. The result is the same either way.
+    Caller,
+}
+
+/// `c = a · b` or `c += a · b`, on the current rayon pool. Shapes: `a: [m, k]`,
+/// `b: [k, n]`, `c: [m, n]` (any strides).
+pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayViewMut2<f32>, output: Output) {
+    product(a, b, c, output, Threads::Pool)
+}
+
+/// [`matmul_into`], choosing where it runs.
+pub fn product(
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
     mut c: ArrayViewMut2<f32>,
     output: Output,
+    threads: Threads,
 ) {
     let ((m, k), n) = (a.dim(), b.ncols());
     assert_eq!(
@@ -70,32 +88,42 @@ pub fn matmul_into(
     }
     if m <= GEMV_MAX_ROWS && c.is_standard_layout() {
         if b.strides()[1] == 1 {
-            return gemv_rows(a, b, c, output);
+            return gemv_rows(a, b, c, output, threads);
         }
         if b.strides()[0] == 1 {
-            return gemv_columns(a, b, c, output);
+            return gemv_columns(a, b, c, output, threads);
         }
     }
-    gemm(a, b, c.view_mut(), output);
+    gemm(a, b, c.view_mut(), output, threads);
 }
 
 /// Many rows: the `gemm` crate's packed GEMM, threaded over the current rayon
 /// pool (it splits the output into blocks; each element's sum over `k` runs
 /// in one thread in a fixed order, whatever the number of threads).
-fn gemm(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
+fn gemm(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
     // The crate takes any strides; a negative one (a reversed view) is copied
     // first so that every pointer below is the lowest address of its matrix.
     if a.strides().iter().any(|&s| s < 0) {
-        return gemm(a.as_standard_layout().view(), b, c, output);
+        return gemm(a.as_standard_layout().view(), b, c, output, threads);
     }
     if b.strides().iter().any(|&s| s < 0) {
-        return gemm(a, b.as_standard_layout().view(), c, output);
+        return gemm(a, b.as_standard_layout().view(), c, output, threads);
     }
     if c.strides().iter().any(|&s| s < 0) {
         let mut tmp = c.to_owned().as_standard_layout().into_owned();
-        gemm(a, b, tmp.view_mut(), output);
+        gemm(a, b, tmp.view_mut(), output, threads);
         return c.assign(&tmp);
     }
+    let parallelism = match threads {
+        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        Threads::Caller => gemm::Parallelism::None,
+    };
     let ((m, k), n) = (a.dim(), b.ncols());
     let (sa, sb, sc) = (a.strides(), b.strides(), c.strides());
     let (sa, sb, sc) = ([sa[0], sa[1]], [sb[0], sb[1]], [sc[0], sc[1]]);
@@ -133,7 +161,7 @@ fn gemm(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, outpu
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         );
     }
 }
@@ -147,23 +175,29 @@ fn gemm(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, outpu
 /// the hardware prefetcher streams best) into partial sums of its own, and the
 /// partial sums are then added in block order. The blocks depend on `k` only,
 /// so the result does not depend on the number of threads.
-fn gemv_rows(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
+fn gemv_rows(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
     let ((m, k), n) = (a.dim(), b.ncols());
-    let partials: Vec<Array2<f32>> = b
-        .axis_chunks_iter(Axis(0), GEMV_ROW_BLOCK)
-        .into_par_iter()
-        .enumerate()
-        .map(|(block, b_rows)| {
-            let i0 = block * GEMV_ROW_BLOCK;
-            let mut acc = Array2::zeros((m, n));
-            for (t, mut acc_t) in acc.rows_mut().into_iter().enumerate() {
-                let acc_t = acc_t.as_slice_mut().expect("fresh array");
-                let x = a.row(t);
-                add_scaled_rows(acc_t, b_rows, |i| x[i0 + i]);
-            }
-            acc
-        })
-        .collect();
+    let block_sum = |(block, b_rows): (usize, ArrayView2<f32>)| {
+        let i0 = block * GEMV_ROW_BLOCK;
+        let mut acc = Array2::zeros((m, n));
+        for (t, mut acc_t) in acc.rows_mut().into_iter().enumerate() {
+            let acc_t = acc_t.as_slice_mut().expect("fresh array");
+            let x = a.slice(s![t, i0..i0 + b_rows.nrows()]).to_vec();
+            add_scaled_rows(acc_t, b_rows, &x);
+        }
+        acc
+    };
+    let blocks = b.axis_chunks_iter(Axis(0), GEMV_ROW_BLOCK);
+    let partials: Vec<Array2<f32>> = match threads {
+        Threads::Pool => blocks.into_par_iter().enumerate().map(block_sum).collect(),
+        Threads::Caller => blocks.enumerate().map(block_sum).collect(),
+    };
     debug_assert_eq!(partials.len(), k.div_ceil(GEMV_ROW_BLOCK));
     let mut partials = partials.into_iter();
     if output == Output::Overwrite {
@@ -175,24 +209,35 @@ fn gemv_rows(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, 
     }
 }
 
-/// `acc += Σᵢ x(i) · rows[i]`, four rows at a time (one pass over `acc` per
-/// four rows of weights).
-fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, x: impl Fn(usize) -> f32) {
-    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
-    let k = rows.nrows();
-    let mut i = 0;
-    while i + 4 <= k {
-        let (b0, b1, b2, b3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
-        let (x0, x1, x2, x3) = (x(i), x(i + 1), x(i + 2), x(i + 3));
-        for ((((y, &w0), &w1), &w2), &w3) in acc.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3) {
-            *y += x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3;
+/// Rows of weights that [`add_scaled_rows`] adds in one pass over the sums.
+const ROWS_PER_PASS: usize = 4;
+
+simd_targets! {
+    /// `acc += Σᵢ xᵢ · rows[i]`, [`ROWS_PER_PASS`] rows at a time (one pass
+    /// over `acc`, which stays in the L1 cache, per four rows of weights, which
+    /// stream from memory). Each sum is formed in the same order whatever the
+    /// vector width: `(x₀w₀ + x₁w₁ + x₂w₂ + x₃w₃)` added to `acc`.
+    fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
+        const R: usize = ROWS_PER_PASS;
+        let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
+        let k = rows.nrows();
+        let mut i = 0;
+        while i + R <= k {
+            let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
+            let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
+            for (j, y) in acc.iter_mut().enumerate() {
+                let mut s = x[0] * w[0][j];
+                for r in 1..R {
+                    s += x[r] * w[r][j];
+                }
+                *y += s;
+            }
+            i += R;
         }
-        i += 4;
-    }
-    for i in i..k {
-        let xi = x(i);
-        for (y, &w) in acc.iter_mut().zip(row(i)) {
-            *y += xi * w;
+        for (i, &xi) in xs.iter().enumerate().skip(i) {
+            for (y, &w) in acc.iter_mut().zip(row(i)) {
+                *y += xi * w;
+            }
         }
     }
 }
@@ -200,26 +245,37 @@ fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, x: impl Fn(usize) -> 
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
 /// in attention): `cₜⱼ (+)= aₜ · b₍:,ⱼ₎`, one dot product per output, each
 /// column of `b` read once for all rows.
-fn gemv_columns(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, output: Output) {
+fn gemv_columns(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
     let a = a.as_standard_layout();
     let rows: Vec<&[f32]> = a
         .rows()
         .into_iter()
         .map(|r| r.to_slice().expect("standard layout"))
         .collect();
-    c.axis_chunks_iter_mut(Axis(1), GEMV_COLS)
-        .into_par_iter()
-        .zip(b.axis_chunks_iter(Axis(1), GEMV_COLS))
-        .for_each(|(mut c_band, b_band)| {
-            for (j, column) in b_band.columns().into_iter().enumerate() {
-                let column = column.to_slice().expect("unit row stride");
-                for (t, row) in rows.iter().enumerate() {
-                    let d = dot_lanes(row, column);
-                    match output {
-                        Output::Overwrite => c_band[[t, j]] = d,
-                        Output::Accumulate => c_band[[t, j]] += d,
-                    }
+    let band = |(mut c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<f32>)| {
+        for (j, column) in b_band.columns().into_iter().enumerate() {
+            let column = column.to_slice().expect("unit row stride");
+            for (t, row) in rows.iter().enumerate() {
+                let d = dot_lanes(row, column);
+                match output {
+                    Output::Overwrite => c_band[[t, j]] = d,
+                    Output::Accumulate => c_band[[t, j]] += d,
                 }
             }
-        });
+        }
+    };
+    let (c_bands, b_bands) = (
+        c.axis_chunks_iter_mut(Axis(1), GEMV_COLS),
+        b.axis_chunks_iter(Axis(1), GEMV_COLS),
+    );
+    match threads {
+        Threads::Pool => c_bands.into_par_iter().zip(b_bands).for_each(band),
+        Threads::Caller => c_bands.zip(b_bands).for_each(band),
+    }
 }

@@ -2,7 +2,9 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
-use super::fastmath::{exp, max_lanes, sum_lanes};
+use multiversion::multiversion;
+
+use super::fastmath::{exp, max, simd_targets, sum};
 
 /// Softmax of a vector: `softmax(x)ᵢ = exp(xᵢ - m) / Σⱼ exp(xⱼ - m)`, `m = maxⱼ xⱼ`.
 ///
@@ -82,18 +84,20 @@ pub fn softmax_inplace(mut x: ArrayViewMut1<f32>) {
     }
 }
 
-/// [`softmax_inplace`] on a contiguous row.
-pub fn softmax_slice(x: &mut [f32]) {
-    let max = max_lanes(x);
-    if max == f32::NEG_INFINITY {
-        x.fill(0.0);
-        return;
-    }
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
-    }
-    let inv = 1.0 / sum_lanes(x);
-    for v in x.iter_mut() {
-        *v *= inv;
+simd_targets! {
+    /// [`softmax_inplace`] on a contiguous row.
+    pub fn softmax_slice(x: &mut [f32]) {
+        let m = max(x);
+        if m == f32::NEG_INFINITY {
+            x.fill(0.0);
+            return;
+        }
+        for v in x.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let inv = 1.0 / sum(x);
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
     }
 }
