@@ -158,13 +158,16 @@ impl Gpt2 {
         trace: &mut Trace,
     ) -> Array2<f32> {
         trace.record("embed", x.view());
+        let last_rows: Vec<usize> = sequences.iter().map(|s| s.rows.end - 1).collect();
         for (i, block) in self.h.iter().enumerate() {
-            x = self.block(i, block, x, sequences, trace);
+            // Only the rows whose logits are wanted need to leave the last
+            // block: there, every row still gives the cache its key and value,
+            // but only the wanted ones ask a query and go through the MLP.
+            let last_block = i + 1 == self.h.len();
+            let keep = (last_block && logits == Logits::Last).then_some(&last_rows[..]);
+            x = self.block(i, block, x, sequences, keep, trace);
         }
-        if logits == Logits::Last {
-            let last: Vec<usize> = sequences.iter().map(|s| s.rows.end - 1).collect();
-            x = x.select(Axis(0), &last); // [B, C]
-        }
+        debug_assert!(!self.h.is_empty(), "Config::validate refuses n_layer = 0");
         let x = layer_norm(x.view(), &self.ln_f);
         trace.record("ln_f", x.view());
         let logits = self.head(x.view()); // [T', vocab]
@@ -187,17 +190,26 @@ impl Gpt2 {
     }
 
     /// One transformer block: `x = x + attn(ln_1(x))`, then `x = x + mlp(ln_2(x))`.
+    ///
+    /// With `keep`, only those rows leave the block (`[T, C]` → `[len, C]`):
+    /// all rows still add their keys and values to the cache.
     fn block(
         &self,
         i: usize,
         h: &Block,
-        mut x: Array2<f32>,
+        x: Array2<f32>,
         sequences: &mut [Sequence<'_>],
+        keep: Option<&[usize]>,
         trace: &mut Trace,
     ) -> Array2<f32> {
         let a = layer_norm(x.view(), &h.ln_1); // [T, C]
         trace.record_in(i, "ln_1", a.view());
-        x += &self.attention(i, &h.attn, a.view(), sequences, trace);
+        let attn = self.attention(i, &h.attn, a.view(), sequences, keep, trace);
+        let mut x = match keep {
+            Some(rows) => x.select(Axis(0), rows),
+            None => x,
+        };
+        x += &attn;
         trace.record_in(i, "resid_1", x.view());
 
         let m = layer_norm(x.view(), &h.ln_2); // [T, C]
@@ -209,13 +221,15 @@ impl Gpt2 {
 
     /// Causal self-attention of block `i`: project to `q | k | v`, append `k`, `v`
     /// to the cache, attend with every head over all cached positions, merge,
-    /// project. `x: [T, C]` → `[T, C]`.
+    /// project. `x: [T, C]` → `[T, C]`, or `[len, C]` for the queries of the
+    /// rows in `keep` only.
     fn attention(
         &self,
         i: usize,
         attn: &Attention,
         x: ArrayView2<f32>,
         sequences: &mut [Sequence<'_>],
+        keep: Option<&[usize]>,
         trace: &mut Trace,
     ) -> Array2<f32> {
         let c = self.config.n_embd;
@@ -231,6 +245,18 @@ impl Gpt2 {
             seq.cache.append(i, k_new.slice(rows), v_new.slice(rows));
         }
         let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
+        // The queries that attend: every row, or the kept one of each sequence.
+        let kept_queries;
+        let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
+            Some(rows) => {
+                kept_queries = q.select(Axis(0), rows);
+                (
+                    kept_queries.view(),
+                    (0..rows.len()).map(|r| r..r + 1).collect(),
+                )
+            }
+            None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
+        };
 
         let traced = ["attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs"];
         let merged = match &*sequences {
@@ -248,20 +274,21 @@ impl Gpt2 {
             }
             _ => {
                 // Each sequence attends over its own cache, into its own rows.
-                let mut merged = Array2::zeros((x.nrows(), c));
+                let mut merged = Array2::zeros((q.nrows(), c));
                 let mut rest = merged.view_mut();
                 let mut outputs = Vec::with_capacity(sequences.len());
-                for seq in sequences.iter() {
-                    let (out, tail) = rest.split_at(Axis(0), seq.rows.len());
+                for rows in &query_rows {
+                    let (out, tail) = rest.split_at(Axis(0), rows.len());
                     outputs.push(out);
                     rest = tail;
                 }
                 outputs
                     .into_par_iter()
                     .zip(sequences.par_iter())
-                    .for_each(|(mut out, seq)| {
+                    .zip(&query_rows)
+                    .for_each(|((mut out, seq), rows)| {
                         let (k, v) = seq.cache.keys_values(i);
-                        let q = q.slice(s![seq.rows.clone(), ..]);
+                        let q = q.slice(s![rows.clone(), ..]);
                         let key_mask = seq.cache.key_mask();
                         out.assign(&multi_head_attention(q, k, v, n_head, scale, key_mask));
                     });
