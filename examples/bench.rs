@@ -157,7 +157,7 @@ fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Re
             "bandwidth_limit_tokens_per_second": limit_tok_s,
             "fraction_of_bandwidth_limit": (1.0 / per_token) / limit_tok_s,
         },
-        "batched_prefill": {"batch": b, "t": t, "seconds": batch, "fraction_of_matmul_rate": batch_flops / batch / (gflops * 1e9)},
+        "batched_prefill": {"batch": b, "t": t, "seconds": batch, "gflop": batch_flops / 1e9, "fraction_of_matmul_rate": batch_flops / batch / (gflops * 1e9)},
     }))
 }
 

@@ -269,6 +269,7 @@ def measure(directory: Path, config: GPT2Config, threads: int, reps: int) -> dic
             "batch": b,
             "t": t,
             "seconds": batch_secs,
+            "gflop": batch_flops / 1e9,
             "fraction_of_matmul_rate": batch_flops / batch_secs / (gflops * 1e9),
             "variant": batch_variant,
             "variants": cases["batch"],

@@ -3,6 +3,7 @@
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::fastmath::{self, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, Output, Threads};
 use super::linear::matmul;
 use super::softmax::softmax_inplace;
@@ -53,14 +54,30 @@ fn scale_and_mask(
 ) {
     for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
         let row = row.as_slice_mut().expect("a fresh matrix is row-major");
-        let visible = (first + i + 1).min(row.len()); // keys 0..=position
-        let (seen, future) = row.split_at_mut(visible);
-        seen.iter_mut().for_each(|s| *s *= scale);
-        future.fill(f32::NEG_INFINITY);
-        if let Some(mask) = key_mask {
+        let seen = (first + i + 1).min(row.len()); // keys 0..=position
+        scale_and_mask_row(row, seen, scale, key_mask);
+    }
+}
+
+/// One row of [`scale_and_mask`]: the first `seen` scores are scaled (then
+/// padding keys set to `-inf`), the rest set to `-inf`. Returns the row's
+/// maximum, the shift its softmax needs.
+fn scale_and_mask_row(
+    row: &mut [f32],
+    seen: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) -> f32 {
+    let (seen, future) = row.split_at_mut(seen);
+    future.fill(f32::NEG_INFINITY);
+    match key_mask {
+        None => scale_max(seen, scale),
+        Some(mask) => {
+            fastmath::scale(seen, scale);
             for (s, _) in seen.iter_mut().zip(mask).filter(|(_, &real)| !real) {
                 *s = f32::NEG_INFINITY;
             }
+            max_lanes(seen)
         }
     }
 }
@@ -208,6 +225,10 @@ fn attend_heads(
         .for_each(|(h, (mut out, mut maps))| {
             let cols = s![.., h * d..(h + 1) * d];
             let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
+            // kᵀ [d, Tk], written out once per head so that every block's
+            // q·kᵀ reads it along rows (the GEMM then copies contiguous runs
+            // instead of gathering one number at a time).
+            let k_t = k.t().as_standard_layout().into_owned();
             // Queries in blocks: block rows r0..r1 see only the keys before
             // position tk - tq + r1, so the masked upper triangle is skipped.
             // Each head is one task: its products run on this thread.
@@ -215,26 +236,20 @@ fn attend_heads(
                 let r0 = b * QUERY_BLOCK;
                 let r1 = r0 + q_block.nrows();
                 let visible = tk - tq + r1;
-                let (k, v) = (k.slice(s![..visible, ..]), v.slice(s![..visible, ..]));
-                let mut probs = Array2::zeros((r1 - r0, visible));
-                product(
+                let block_maps = maps.as_mut().map(|(scores, probs)| {
+                    let rows = s![r0..r1, ..visible];
+                    (scores.slice_mut(rows), probs.slice_mut(rows))
+                });
+                attend_block(
                     q_block,
-                    k.t(),
-                    probs.view_mut(),
-                    Output::Overwrite,
-                    Threads::Caller,
+                    k_t.slice(s![.., ..visible]),
+                    v.slice(s![..visible, ..]),
+                    tk - tq + r0,
+                    scale,
+                    key_mask.map(|m| m.slice_move(s![..visible])),
+                    out.slice_mut(s![r0..r1, ..]),
+                    block_maps,
                 );
-                let mask = key_mask.map(|m| m.slice_move(s![..visible]));
-                scale_and_mask(probs.view_mut(), tk - tq + r0, scale, mask);
-                if let Some((scores, _)) = maps.as_mut() {
-                    scores.slice_mut(s![r0..r1, ..visible]).assign(&probs);
-                }
-                probs.rows_mut().into_iter().for_each(softmax_inplace);
-                let rows = out.slice_mut(s![r0..r1, ..]); // [rows, d]
-                product(probs.view(), v, rows, Output::Overwrite, Threads::Caller);
-                if let Some((_, maps_probs)) = maps.as_mut() {
-                    maps_probs.slice_mut(s![r0..r1, ..visible]).assign(&probs);
-                }
             }
         });
     (merged, maps)
@@ -243,3 +258,62 @@ fn attend_heads(
 /// Queries attended together: a block of rows only computes scores for the
 /// keys its last row can see.
 const QUERY_BLOCK: usize = 64;
+
+/// One block of queries of one head: `out = softmax(scale·q·kᵀ + M)·v`.
+///
+/// Shapes: `q: [rows, d]` (the queries at positions `first..first + rows`),
+/// `k_t: [d, Tk]` (the keys, transposed), `v: [Tk, d]`, `out: [rows, d]`;
+/// `maps`, when given, receive the scores and probabilities `[rows, Tk]`.
+///
+/// The softmax's normalisation is left for last: with `e = exp(s - max(s))`
+/// (0 where masked), `out = (e·v) / Σe`, which is `softmax(s)·v` with one
+/// division per output instead of one per score.
+#[allow(clippy::too_many_arguments)]
+fn attend_block(
+    q: ArrayView2<f32>,
+    k_t: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    first: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+    mut out: ArrayViewMut2<f32>,
+    mut maps: Option<(ArrayViewMut2<f32>, ArrayViewMut2<f32>)>,
+) {
+    let (rows, visible) = (q.nrows(), k_t.ncols());
+    let mut e = Array2::zeros((rows, visible));
+    product(q, k_t, e.view_mut(), Output::Overwrite, Threads::Caller); // q·kᵀ
+    let mut inv_sums = Vec::with_capacity(rows);
+    for (i, mut row) in e.rows_mut().into_iter().enumerate() {
+        let row = row.as_slice_mut().expect("a fresh matrix is row-major");
+        let seen = (first + i + 1).min(visible); // keys 0..=position
+        let max = scale_and_mask_row(row, seen, scale, key_mask);
+        if let Some((scores, _)) = maps.as_mut() {
+            scores.row_mut(i).assign(&ArrayView1::from(&*row));
+        }
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0); // nothing visible: the row attends to nothing
+            inv_sums.push(0.0);
+        } else {
+            let (seen, future) = row.split_at_mut(seen);
+            future.fill(0.0);
+            inv_sums.push(1.0 / exp_sum(seen, max));
+        }
+    }
+    // out = e·v, computed as outᵀ = vᵀ·eᵀ: in that orientation the GEMM
+    // reads both inputs along their contiguous axis and repacks neither.
+    product(
+        v.t(),
+        e.t(),
+        out.view_mut().reversed_axes(),
+        Output::Overwrite,
+        Threads::Caller,
+    );
+    for (mut row, &inv) in out.rows_mut().into_iter().zip(&inv_sums) {
+        row *= inv;
+    }
+    if let Some((_, probs)) = maps.as_mut() {
+        for ((mut p, e), &inv) in probs.rows_mut().into_iter().zip(e.rows()).zip(&inv_sums) {
+            p.zip_mut_with(&e, |p, &e| *p = e * inv);
+        }
+    }
+}

@@ -238,3 +238,34 @@ simd_targets! {
         }
     }
 }
+
+simd_targets! {
+    /// `xᵢ ← eˣⁱ⁻ᵐ`, returning `Σᵢ eˣⁱ⁻ᵐ` (16 lanes): the numerators of a
+    /// softmax whose maximum is `m`, and their sum.
+    pub fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+        for v in x.iter_mut() {
+            *v = exp(*v - m);
+        }
+        sum(x)
+    }
+}
+
+simd_targets! {
+    /// `xᵢ ← s·xᵢ`, returning the largest of the scaled values (`-inf` for
+    /// an empty slice): attention scores scaled by `1/√d`, and their maximum.
+    pub fn scale_max(x: &mut [f32], s: f32) -> f32 {
+        for v in x.iter_mut() {
+            *v *= s;
+        }
+        max(x)
+    }
+}
+
+simd_targets! {
+    /// `xᵢ ← s·xᵢ`.
+    pub fn scale(x: &mut [f32], s: f32) {
+        for v in x.iter_mut() {
+            *v *= s;
+        }
+    }
+}

@@ -2,9 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
-use multiversion::multiversion;
-
-use super::fastmath::{exp, max, simd_targets, sum};
+use super::fastmath::{exp_sum, max_lanes, scale};
 
 /// Softmax of a vector: `softmax(x)ᵢ = exp(xᵢ - m) / Σⱼ exp(xⱼ - m)`, `m = maxⱼ xⱼ`.
 ///
@@ -84,20 +82,13 @@ pub fn softmax_inplace(mut x: ArrayViewMut1<f32>) {
     }
 }
 
-simd_targets! {
-    /// [`softmax_inplace`] on a contiguous row.
-    pub fn softmax_slice(x: &mut [f32]) {
-        let m = max(x);
-        if m == f32::NEG_INFINITY {
-            x.fill(0.0);
-            return;
-        }
-        for v in x.iter_mut() {
-            *v = exp(*v - m);
-        }
-        let inv = 1.0 / sum(x);
-        for v in x.iter_mut() {
-            *v *= inv;
-        }
+/// [`softmax_inplace`] on a contiguous row.
+pub fn softmax_slice(x: &mut [f32]) {
+    let m = max_lanes(x);
+    if m == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return;
     }
+    let sum = exp_sum(x, m);
+    scale(x, 1.0 / sum);
 }
