@@ -11,25 +11,28 @@
 //! of a ~20-token prompt (every position), the key/value-cached decoding of
 //! a few greedy tokens after it, and a left-padded batch of three prompts.
 //!
-//! Two thread pools are involved, and each is fixed when first used:
-//! - **rayon**'s (rows of a batch, heads, element-wise maps): a test can
-//!   install its own pools of 1, 2 and 4 threads
+//! All the parallel work (matrix products, heads, rows, element-wise maps)
+//! runs on rayon's current pool; the `gemm` crate's GEMM too. So:
+//! - a test can install its own pools of 1, 2 and 4 threads
 //!   (`rayon::ThreadPoolBuilder::new().num_threads(n).build()?.install(..)`),
 //!   which [`logits_are_bit_identical_in_rayon_pools_of_1_2_and_4_threads`] does;
-//! - **matrixmultiply**'s (inside a large matrix product), sized once per
-//!   process from `MATMUL_NUM_THREADS`, and rayon's global pool, sized from
-//!   `RAYON_NUM_THREADS`: a test cannot change these after start-up, so
+//! - rayon's global pool is sized once per process from `RAYON_NUM_THREADS`:
+//!   a test cannot change it after start-up, so
 //!   [`logits_are_bit_identical_whatever_the_environment_says`] runs this test
-//!   binary again as child processes with both variables set to 1, 2 and 4,
-//!   and compares their fingerprints (a hash of every bit) with its own.
+//!   binary again as child processes with it set to 1, 2 and 4, and compares
+//!   their fingerprints (a hash of every bit) with its own.
+//!
+//! The guarantee is for one machine: the GEMM and the element-wise kernels
+//! pick their instructions (AVX2/FMA, AVX-512, NEON, ...) from the CPU at run
+//! time, and a different GEMM micro-kernel may round differently in the last
+//! bits on another CPU (the golden tests' tolerances cover that).
 //!
 //! By hand, the same check for any setting:
 //!
 //! ```sh
-//! for r in 1 2 4; do for m in 1 2 4; do
-//!   RAYON_NUM_THREADS=$r MATMUL_NUM_THREADS=$m cargo test --test determinism -- --nocapture \
-//!     2>&1 | grep fingerprint
-//! done; done
+//! for r in 1 2 4; do
+//!   RAYON_NUM_THREADS=$r cargo test --test determinism -- --nocapture 2>&1 | grep fingerprint
+//! done
 //! ```
 
 use std::path::Path;
@@ -199,7 +202,7 @@ fn logits_are_bit_identical_whatever_the_environment_says() {
     let (model, tokenizer) = load();
     let expected = format!("{:016x}", fingerprint(&compute(&model, &tokenizer)));
     let exe = std::env::current_exe().unwrap();
-    for (rayon, matmul) in [("1", "1"), ("2", "2"), ("4", "4"), ("1", "4"), ("4", "1")] {
+    for rayon in ["1", "2", "4"] {
         let output = Command::new(&exe)
             .args([
                 "child_process_prints_its_fingerprint",
@@ -208,7 +211,6 @@ fn logits_are_bit_identical_whatever_the_environment_says() {
             ])
             .env(CHILD, "1")
             .env("RAYON_NUM_THREADS", rayon)
-            .env("MATMUL_NUM_THREADS", matmul)
             .output()
             .expect("run the test binary again");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -219,7 +221,7 @@ fn logits_are_bit_identical_whatever_the_environment_says() {
             .unwrap_or_else(|| panic!("no fingerprint in:\n{stdout}"));
         assert_eq!(
             got, expected,
-            "RAYON_NUM_THREADS={rayon} MATMUL_NUM_THREADS={matmul} changed the logits"
+            "RAYON_NUM_THREADS={rayon} changed the logits"
         );
     }
 }

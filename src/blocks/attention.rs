@@ -4,7 +4,7 @@ use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::fastmath::{self, exp_sum, max_lanes, scale_max};
-use super::gemm::{product, Output, Threads};
+use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS};
 use super::linear::matmul;
 use super::softmax::softmax_inplace;
 
@@ -225,10 +225,12 @@ fn attend_heads(
         .for_each(|(h, (mut out, mut maps))| {
             let cols = s![.., h * d..(h + 1) * d];
             let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
-            // kᵀ [d, Tk], written out once per head so that every block's
-            // q·kᵀ reads it along rows (the GEMM then copies contiguous runs
-            // instead of gathering one number at a time).
-            let k_t = k.t().as_standard_layout().into_owned();
+            // kᵀ [d, Tk]. For a prompt it is written out once per head so
+            // that every block's q·kᵀ reads it along rows (the GEMM then
+            // copies contiguous runs instead of gathering one number at a
+            // time); a decoding step's few queries read k as it lies.
+            let k_t_owned = (tq > GEMV_MAX_ROWS).then(|| k.t().as_standard_layout().into_owned());
+            let k_t = k_t_owned.as_ref().map_or_else(|| k.t(), |k_t| k_t.view());
             // Queries in blocks: block rows r0..r1 see only the keys before
             // position tk - tq + r1, so the masked upper triangle is skipped.
             // Each head is one task: its products run on this thread.
@@ -299,15 +301,26 @@ fn attend_block(
             inv_sums.push(1.0 / exp_sum(seen, max));
         }
     }
-    // out = e·v, computed as outᵀ = vᵀ·eᵀ: in that orientation the GEMM
-    // reads both inputs along their contiguous axis and repacks neither.
-    product(
-        v.t(),
-        e.t(),
-        out.view_mut().reversed_axes(),
-        Output::Overwrite,
-        Threads::Caller,
-    );
+    if rows <= GEMV_MAX_ROWS {
+        // A decoding step: the matrix–vector kernel streams v once.
+        product(
+            e.view(),
+            v,
+            out.view_mut(),
+            Output::Overwrite,
+            Threads::Caller,
+        );
+    } else {
+        // out = e·v, computed as outᵀ = vᵀ·eᵀ: in that orientation the GEMM
+        // reads both inputs along their contiguous axis and repacks neither.
+        product(
+            v.t(),
+            e.t(),
+            out.view_mut().reversed_axes(),
+            Output::Overwrite,
+            Threads::Caller,
+        );
+    }
     for (mut row, &inv) in out.rows_mut().into_iter().zip(&inv_sums) {
         row *= inv;
     }

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use multiversion::multiversion;
 
-use super::fastmath::{dot_lanes, simd_targets};
+use super::fastmath::{dot, simd_targets};
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
@@ -86,7 +86,7 @@ pub fn product(
         }
         return;
     }
-    if m <= GEMV_MAX_ROWS && c.is_standard_layout() {
+    if m <= GEMV_MAX_ROWS {
         if b.strides()[1] == 1 {
             return gemv_rows(a, b, c, output, threads);
         }
@@ -242,6 +242,29 @@ simd_targets! {
     }
 }
 
+simd_targets! {
+    /// `c[t, j] (+)= rows[t] · b[:, j]` for one band of columns of `b`, each
+    /// column contiguous: the dot products of [`gemv_columns`], in one loop
+    /// compiled for the CPU's widest vectors.
+    fn dot_columns(
+        rows: &[&[f32]],
+        b_band: ArrayView2<f32>,
+        mut c_band: ArrayViewMut2<f32>,
+        output: Output,
+    ) {
+        for (j, column) in b_band.columns().into_iter().enumerate() {
+            let column = column.to_slice().expect("unit row stride");
+            for (t, row) in rows.iter().enumerate() {
+                let d = dot(row, column);
+                match output {
+                    Output::Overwrite => c_band[[t, j]] = d,
+                    Output::Accumulate => c_band[[t, j]] += d,
+                }
+            }
+        }
+    }
+}
+
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
 /// in attention): `cₜⱼ (+)= aₜ · b₍:,ⱼ₎`, one dot product per output, each
 /// column of `b` read once for all rows.
@@ -258,17 +281,8 @@ fn gemv_columns(
         .into_iter()
         .map(|r| r.to_slice().expect("standard layout"))
         .collect();
-    let band = |(mut c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<f32>)| {
-        for (j, column) in b_band.columns().into_iter().enumerate() {
-            let column = column.to_slice().expect("unit row stride");
-            for (t, row) in rows.iter().enumerate() {
-                let d = dot_lanes(row, column);
-                match output {
-                    Output::Overwrite => c_band[[t, j]] = d,
-                    Output::Accumulate => c_band[[t, j]] += d,
-                }
-            }
-        }
+    let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<f32>)| {
+        dot_columns(&rows, b_band, c_band, output);
     };
     let (c_bands, b_bands) = (
         c.axis_chunks_iter_mut(Axis(1), GEMV_COLS),

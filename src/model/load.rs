@@ -45,6 +45,14 @@ impl Gpt2 {
     /// Load `config.json` and the weights of a model directory, preferring
     /// `model.safetensors` over `pytorch_model.bin` when both are present.
     ///
+    /// The `f32` matrices of a `model.safetensors` are **used in place**: the
+    /// file is memory-mapped and the model's [`Matrix`]es read it directly (no
+    /// copy, so loading GPT-2 small costs the time to map and check 498 MB, not
+    /// to copy it, and the weights are resident once). As with every mmap-based
+    /// loader, do not modify or truncate the file while a model read from it
+    /// is alive. Half-precision files and `pytorch_model.bin` are decoded into
+    /// owned arrays.
+    ///
     /// The files are untrusted input: loading never panics, never executes
     /// anything (a `.bin` is parsed by a restricted unpickler), never reads
     /// outside the file, and never allocates more than the bytes actually in
