@@ -74,11 +74,18 @@
 //!    ([`blocks::gelu_new`]), [`blocks::attention`]
 //!    ([`blocks::scaled_dot_product_attention`], [`blocks::multi_head_attention`]).
 //!    [`seed_project`] maps them to the C files of the project this crate grew from.
+//!    Underneath, the fast paths stay inside the blocks: [`blocks::gemm`] (a
+//!    matrix–vector kernel that streams each weight once for decoding, the
+//!    `gemm` crate's packed SIMD GEMM for prompts), [`blocks::fastmath`]
+//!    (sums over SIMD lanes and a vectorisable `exp`, compiled for AVX2/FMA
+//!    and picked at run time) and [`blocks::Matrix`] (weights read in place
+//!    from a memory-mapped `model.safetensors`).
 //! 2. **Configuration** — [`Config`]: the numbers in `config.json` that shape
 //!    the model (`n_embd`, `n_head`, ...), validated.
 //! 3. **Checkpoints** — [`checkpoint`]: `model.safetensors` and
 //!    `pytorch_model.bin` (zip or 2019 legacy, parsed by a restricted unpickler
-//!    that never executes anything) become named `f32` arrays.
+//!    that never executes anything) become named `f32` tensors; those of an
+//!    `f32` safetensors file stay where they lie in its memory map.
 //! 4. **The model** — [`model`]: [`Gpt2`] holds the weights in structs named
 //!    exactly like the checkpoint keys (`h[3].attn.c_attn`), and
 //!    [`Gpt2::forward_step`] is the forward pass of the diagram above, top to

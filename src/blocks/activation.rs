@@ -13,7 +13,7 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 /// `gelu_pytorch_tanh`): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 ///
 /// Computed as `x·σ(2u)`, `u = √(2/π)·(x + 0.044715·x³)`, which is the same
-/// function (`1 + tanh(u) = 2σ(2u)`) and needs one [`exp`](super::fastmath::exp)
+/// function (`1 + tanh(u) = 2σ(2u)`) and needs one [`exp`]
 /// instead of a `tanh`: it vectorises, and it does not lose digits where
 /// `1 + tanh(u)` nearly cancels (large negative `x`).
 ///

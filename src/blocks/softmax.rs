@@ -55,11 +55,13 @@ pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
     y
 }
 
-/// [`softmax`] in place, the form the attention kernel uses on each row of scores.
+/// [`softmax`] in place. (Attention runs the same steps on each row of
+/// scores, with the scaling fused into the first and the division by the sum
+/// moved after the product with `v`: see [`super::attention`].)
 ///
 /// Three passes over the row: the maximum, then `eˣ⁻ᵐ` and their sum, then the
 /// scaling by `1/sum` — each a loop the compiler vectorises (the maximum and
-/// the sum over 16 lanes, the exponential [`exp`](super::fastmath::exp)).
+/// the sum over 16 lanes, the exponential [`fastmath::exp`](super::fastmath::exp)).
 ///
 /// ```
 /// use ndarray::array;
