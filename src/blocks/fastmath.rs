@@ -29,7 +29,13 @@ macro_rules! simd_targets {
 pub(crate) use simd_targets;
 
 /// Add the lanes pairwise, in a fixed order.
-#[inline(always)]
+///
+/// Never inlined, on purpose: inlined, LLVM's SLP vectoriser matches this
+/// pairwise tree against the loop that filled `acc` and compiles that loop
+/// with two-lane vectors (measured: a third slower at streaming a large
+/// buffer); out of line, the loop gets the full vector width. It runs once per
+/// reduction, so the call costs nothing that matters.
+#[inline(never)]
 fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES;
     while width > 1 {
