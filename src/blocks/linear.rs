@@ -1,6 +1,7 @@
 //! Dot product, matrix product and the linear layer (`Conv1D`) of GPT-2.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use super::gemm::{matmul_into, Output};
 use super::matrix::Matrix;
@@ -72,7 +73,10 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
     // Start from b in every row, then add x·W into it: the product's kernels
     // add into their output, so the bias costs no extra pass over y.
     let mut y = Array2::zeros((x.nrows(), w.ncols()));
-    Zip::from(y.rows_mut()).for_each(|mut row| row.assign(&b));
+    y.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .with_min_len(64)
+        .for_each(|mut row| row.assign(&b));
     matmul_into(x, w, y.view_mut(), Output::Accumulate); // [T, in] · [in, out] -> [T, out]
     y
 }

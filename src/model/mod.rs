@@ -152,6 +152,21 @@ impl Gpt2 {
     /// [`Logits::Last`]). The trace records the stacked activations.
     fn forward_rows(
         &self,
+        x: Array2<f32>,
+        sequences: &mut [Sequence<'_>],
+        logits: Logits,
+        trace: &mut Trace,
+    ) -> Array2<f32> {
+        // The whole pass runs on one of the pool's threads: each parallel step
+        // inside it then shares its work with the pool's other threads
+        // directly, instead of queueing it from outside the pool and waiting
+        // to be woken when it is done (a hundred times per decoded token).
+        rayon::scope(|_| self.layers(x, sequences, logits, trace))
+    }
+
+    /// The body of [`Gpt2::forward_rows`]: blocks, final layer norm, head.
+    fn layers(
+        &self,
         mut x: Array2<f32>,
         sequences: &mut [Sequence<'_>],
         logits: Logits,
@@ -209,12 +224,12 @@ impl Gpt2 {
             Some(rows) => x.select(Axis(0), rows),
             None => x,
         };
-        x += &attn;
+        residual(&mut x, &attn);
         trace.record_in(i, "resid_1", x.view());
 
         let m = layer_norm(x.view(), &h.ln_2); // [T, C]
         trace.record_in(i, "ln_2", m.view());
-        x += &self.mlp(i, &h.mlp, m.view(), trace);
+        residual(&mut x, &self.mlp(i, &h.mlp, m.view(), trace));
         trace.record_in(i, "", x.view());
         x
     }
@@ -431,4 +446,14 @@ fn split_heads(x: ArrayView2<f32>, n_head: usize) -> Array3<f32> {
         head.assign(&x.slice(s![.., h * d..(h + 1) * d]));
     }
     out
+}
+
+/// The residual connection `x ← x + y` (`[T, C]` each), rows in parallel for
+/// long prompts.
+fn residual(x: &mut Array2<f32>, y: &Array2<f32>) {
+    x.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(y.axis_iter(Axis(0)))
+        .with_min_len(64)
+        .for_each(|(mut x, y)| x += &y);
 }
