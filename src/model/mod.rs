@@ -451,6 +451,7 @@ fn split_heads(x: ArrayView2<f32>, n_head: usize) -> Array3<f32> {
 /// The residual connection `x ← x + y` (`[T, C]` each), rows in parallel for
 /// long prompts.
 fn residual(x: &mut Array2<f32>, y: &Array2<f32>) {
+    assert_eq!(x.dim(), y.dim(), "residual: the branch's shape differs");
     x.axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(y.axis_iter(Axis(0)))
