@@ -126,6 +126,10 @@ impl Gpt2 {
     ///
     /// Errors: an empty step, a token id `≥ vocab_size`, or more than
     /// `n_positions` positions in all.
+    ///
+    /// The pass runs on the current rayon pool (the global one, or the one
+    /// the caller is in, e.g. under `pool.install`); its result does not
+    /// depend on the pool's number of threads.
     pub fn forward_step(
         &self,
         ids: &[u32],
