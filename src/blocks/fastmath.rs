@@ -47,19 +47,15 @@ fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
     acc[0]
 }
 
-/// `Σᵢ xᵢ` with 16 partial sums.
-///
-/// ```
-/// use gpt2_ndarray::blocks::fastmath::sum_lanes;
-/// assert_eq!(sum_lanes(&[1.0, 2.0, 3.0, 4.5]), 10.5);
-/// assert_eq!(sum_lanes(&[]), 0.0);
-/// ```
-pub fn sum_lanes(x: &[f32]) -> f32 {
-    sum_lanes_simd(x)
-}
-
 simd_targets! {
-    fn sum_lanes_simd(x: &[f32]) -> f32 {
+    /// `Σᵢ xᵢ` with 16 partial sums.
+    ///
+    /// ```
+    /// use gpt2_ndarray::blocks::fastmath::sum_lanes;
+    /// assert_eq!(sum_lanes(&[1.0, 2.0, 3.0, 4.5]), 10.5);
+    /// assert_eq!(sum_lanes(&[]), 0.0);
+    /// ```
+    pub fn sum_lanes(x: &[f32]) -> f32 {
         sum(x)
     }
 }
@@ -77,13 +73,9 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     fold_lanes(acc, |a, b| a + b) + tail
 }
 
-/// `Σᵢ (xᵢ - c)²` with 16 partial sums (the numerator of a variance).
-pub fn sum_squared_deviations(x: &[f32], c: f32) -> f32 {
-    sum_squared_deviations_simd(x, c)
-}
-
 simd_targets! {
-    fn sum_squared_deviations_simd(x: &[f32], c: f32) -> f32 {
+    /// `Σᵢ (xᵢ - c)²` with 16 partial sums (the numerator of a variance).
+    pub fn sum_squared_deviations(x: &[f32], c: f32) -> f32 {
         squared_deviations(x, c)
     }
 }
@@ -102,19 +94,15 @@ pub(crate) fn squared_deviations(x: &[f32], c: f32) -> f32 {
     fold_lanes(acc, |a, b| a + b) + tail
 }
 
-/// `maxᵢ xᵢ` (`-inf` for an empty slice; NaNs are ignored, as by `f32::max`).
-///
-/// ```
-/// use gpt2_ndarray::blocks::fastmath::max_lanes;
-/// assert_eq!(max_lanes(&[1.0, f32::NEG_INFINITY, 3.0, -4.0]), 3.0);
-/// assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
-/// ```
-pub fn max_lanes(x: &[f32]) -> f32 {
-    max_lanes_simd(x)
-}
-
 simd_targets! {
-    fn max_lanes_simd(x: &[f32]) -> f32 {
+    /// `maxᵢ xᵢ` (`-inf` for an empty slice; NaNs are ignored, as by `f32::max`).
+    ///
+    /// ```
+    /// use gpt2_ndarray::blocks::fastmath::max_lanes;
+    /// assert_eq!(max_lanes(&[1.0, f32::NEG_INFINITY, 3.0, -4.0]), 3.0);
+    /// assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
+    /// ```
+    pub fn max_lanes(x: &[f32]) -> f32 {
         max(x)
     }
 }
@@ -135,18 +123,14 @@ pub(crate) fn max(x: &[f32]) -> f32 {
     fold_lanes(acc, f32::max).max(tail)
 }
 
-/// Dot product `Σᵢ xᵢ yᵢ` of two slices of one length, with 16 partial sums.
-///
-/// ```
-/// use gpt2_ndarray::blocks::fastmath::dot_lanes;
-/// assert_eq!(dot_lanes(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
-/// ```
-pub fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
-    dot_lanes_simd(x, y)
-}
-
 simd_targets! {
-    fn dot_lanes_simd(x: &[f32], y: &[f32]) -> f32 {
+    /// Dot product `Σᵢ xᵢ yᵢ` of two slices of one length, with 16 partial sums.
+    ///
+    /// ```
+    /// use gpt2_ndarray::blocks::fastmath::dot_lanes;
+    /// assert_eq!(dot_lanes(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+    /// ```
+    pub fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
         dot(x, y)
     }
 }

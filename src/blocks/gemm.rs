@@ -188,8 +188,11 @@ fn gemv_rows(
         let mut acc = Array2::zeros((m, n));
         for (t, mut acc_t) in acc.rows_mut().into_iter().enumerate() {
             let acc_t = acc_t.as_slice_mut().expect("fresh array");
-            let x = a.slice(s![t, i0..i0 + b_rows.nrows()]).to_vec();
-            add_scaled_rows(acc_t, b_rows, &x);
+            let x = a.slice(s![t, i0..i0 + b_rows.nrows()]);
+            match x.as_slice() {
+                Some(x) => add_scaled_rows(acc_t, b_rows, x),
+                None => add_scaled_rows(acc_t, b_rows, &x.to_vec()),
+            }
         }
         acc
     };
