@@ -35,6 +35,15 @@ fn every_matmul_path_equals_the_plain_definition() {
         (3, 37, 513),
         (4, 16, 16),
         (5, 9, 3),
+        // The few-rows kernel (5..=32 rows): whole 6×16 tiles, a last partial
+        // group of rows, columns past the last 16 (and a band of only those),
+        // k not a multiple of its 8-row steps.
+        (6, 8, 16),
+        (16, 100, 400),
+        (13, 33, 391),
+        (37, 770, 50),
+        (32, 64, 1000),
+        (33, 20, 30),
         (300, 70, 260),
     ] {
         let a = random(m, k, 1);
@@ -69,8 +78,40 @@ fn every_matmul_path_equals_the_plain_definition() {
 }
 
 #[test]
+fn products_accept_any_left_layout_and_add_into_the_output() {
+    use gpt2_ndarray::blocks::gemm::{matmul_into, Output};
+    // Every kernel: matrix–vector, few rows, GEMM.
+    for (m, k, n) in [(3, 40, 70), (16, 40, 70), (100, 40, 70)] {
+        let b = random(k, n, 7);
+        // a as a column slice of a wider matrix, and as a transposed view.
+        let wide = random(m, k + 5, 8);
+        let a_slice = wide.slice(s![.., 2..k + 2]);
+        let a_t_owned = random(k, m, 9);
+        for (what, a) in [("sliced", a_slice), ("transposed", a_t_owned.t())] {
+            let name = format!("[{m},{k}]·[{k},{n}], a {what}");
+            let start = random(m, n, 10);
+            let mut c = start.clone();
+            matmul_into(a, b.view(), c.view_mut(), Output::Accumulate);
+            let expected = &start + &matmul_naive(a, b.view());
+            assert_close(
+                &format!("{name}, c += a·b"),
+                c.view().into_dyn(),
+                expected.view().into_dyn(),
+                tol(k + 1),
+            );
+        }
+    }
+}
+
+#[test]
 fn matmul_results_do_not_depend_on_the_thread_count() {
-    for (m, k, n) in [(1, 768, 2304), (2, 300, 1000), (260, 96, 400)] {
+    for (m, k, n) in [
+        (1, 768, 2304),
+        (2, 300, 1000),
+        (16, 300, 1000),
+        (7, 64, 17),
+        (260, 96, 400),
+    ] {
         let a = random(m, k, 4);
         let b = random(k, n, 5);
         let bt = b.t().as_standard_layout().into_owned();

@@ -1,15 +1,20 @@
 //! The fast matrix products behind [`matmul`](super::matmul) and
 //! [`linear`](fn@super::linear): a streaming matrix–vector kernel for a few
-//! rows, a packed SIMD GEMM for many.
+//! rows, a register-tiled kernel that reads the weights in place for a short
+//! prompt, a packed SIMD GEMM for many rows.
 //!
-//! Why two: decoding multiplies **one** row by each weight matrix. That is
+//! Why three: decoding multiplies **one** row by each weight matrix. That is
 //! bound by memory bandwidth (every weight is read once per token), and a GEMM
 //! library would first copy ("pack") the matrix into its own layout, reading
 //! every weight twice and writing it once. The matrix–vector kernels below
 //! read each weight exactly once, front to back, in the order it lies in
-//! memory. With many rows (a prompt) the product is bound by arithmetic
+//! memory. With many rows (a long prompt) the product is bound by arithmetic
 //! instead, and a packed GEMM with AVX2/FMA micro-kernels chosen at run time
-//! (the `gemm` crate) is what we want.
+//! (the `gemm` crate) is what we want. In between (5 to 32 rows: a short
+//! prompt, a batch of decoding steps) each weight is still used only a few
+//! times, so packing it costs as much as the arithmetic; [`few_rows`] keeps
+//! a 6 × 16 block of the output in registers and reads the weights where
+//! they lie, eight rows at a time.
 //!
 //! Every output element is computed by one thread, in an order that depends
 //! on the shapes only — never on the number of threads or on how the work was
@@ -24,6 +29,11 @@ use super::fastmath::{dot, simd_targets};
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
+
+/// Products with at most this many rows (and more than [`GEMV_MAX_ROWS`]) on
+/// the left, and a contiguous row-major matrix on the right (a `Conv1D`
+/// weight), use [`few_rows`] where the CPU fuses multiply–add.
+pub const FEW_ROWS_MAX: usize = 32;
 
 /// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
 const GEMV_ROW_BLOCK: usize = 64;
@@ -94,7 +104,24 @@ pub fn product(
             return gemv_columns(a, b, c, output, threads);
         }
     }
+    if m <= FEW_ROWS_MAX && fused_multiply_add() {
+        if let Some(w) = b.as_slice() {
+            return few_rows(a, w, n, c, output, threads);
+        }
+    }
     gemm(a, b, c.view_mut(), output, threads);
+}
+
+/// Whether the CPU has a fused multiply–add instruction, which [`few_rows`]
+/// is built on (without one, `f32::mul_add` is a slow library call and the
+/// `gemm` crate is faster).
+fn fused_multiply_add() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("fma");
+    #[cfg(target_arch = "aarch64")]
+    return true; // every AArch64 CPU has FMADD and NEON's FMLA
+    #[allow(unreachable_code)]
+    false
 }
 
 /// Many rows: the `gemm` crate's packed GEMM, threaded over the current rayon
@@ -164,6 +191,140 @@ fn gemm(
             parallelism,
         );
     }
+}
+
+/// Output rows held in registers by [`few_rows`] at once.
+const TILE_ROWS: usize = 6;
+/// Output columns held in registers by [`few_rows`] at once (two 8-lane vectors).
+const TILE_COLS: usize = 16;
+/// Rows of the weight [`few_rows`] reads per step: eight 64-byte pieces that
+/// stay in the L1 cache while every group of six output rows uses them.
+const TILE_DEPTH: usize = 8;
+/// Columns of the output per task of [`few_rows`]: fixed, so that the split
+/// does not depend on the thread count.
+const FEW_ROWS_BAND: usize = 384;
+
+/// `c (+)= a · w` for 5 to 32 rows of `a: [m, k]` and a row-major
+/// `w: [k, n]` (given as its contiguous slice), read in place.
+///
+/// Each task owns a band of [`FEW_ROWS_BAND`] output columns. Its sums live
+/// in tiles of 6 rows × 16 columns; the rows of `a` are first laid out as
+/// panels `[m/6][k][6]` so that the six numbers one step needs are adjacent.
+/// For every 8 rows of `w` (`k0..k0+8`), each 16-column piece of those rows
+/// is loaded once from memory and then used by every panel, in registers:
+/// per row of `w`, two vector loads, six broadcasts and twelve fused
+/// multiply–adds. Reading the weight 8 rows × 16 columns at a time keeps
+/// its 8 rows' streams sequential for the hardware prefetcher, and nothing
+/// is copied.
+///
+/// Every output is one chain of fused multiply–adds over `k` in order,
+/// started from zero and then written into (or added to) `c`: the same bits
+/// whatever the thread count and whatever the CPU (`mul_add` rounds once).
+fn few_rows(
+    a: ArrayView2<f32>,
+    w: &[f32],
+    n: usize,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
+    let (m, k) = a.dim();
+    debug_assert_eq!(w.len(), k * n);
+    // Panels of TILE_ROWS rows of `a`: panels[(g·k + l)·6 + i] = a[6g + i, l],
+    // zero past the last row (those sums are computed and not stored).
+    let groups = m.div_ceil(TILE_ROWS);
+    let mut panels = vec![0.0f32; groups * k * TILE_ROWS];
+    for (r, row) in a.rows().into_iter().enumerate() {
+        let (g, i) = (r / TILE_ROWS, r % TILE_ROWS);
+        let panel = &mut panels[g * k * TILE_ROWS..(g + 1) * k * TILE_ROWS];
+        for (step, &x) in panel.chunks_exact_mut(TILE_ROWS).zip(row) {
+            step[i] = x;
+        }
+    }
+    let band = |(j, mut c_band): (usize, ArrayViewMut2<f32>)| {
+        let (j0, width) = (j * FEW_ROWS_BAND, c_band.ncols());
+        let strips = width / TILE_COLS;
+        let mut tiles = vec![[0.0f32; TILE_COLS]; groups * strips * TILE_ROWS];
+        band_tiles(&panels, groups, k, &w[j0..], n, strips, &mut tiles);
+        for (r, mut c_row) in c_band.rows_mut().into_iter().enumerate() {
+            let (g, i) = (r / TILE_ROWS, r % TILE_ROWS);
+            for s in 0..strips {
+                let sums = &tiles[(g * strips + s) * TILE_ROWS + i];
+                let c_piece = c_row.slice_mut(s![s * TILE_COLS..(s + 1) * TILE_COLS]);
+                match output {
+                    Output::Overwrite => c_piece.into_iter().zip(sums).for_each(|(c, &v)| *c = v),
+                    Output::Accumulate => c_piece.into_iter().zip(sums).for_each(|(c, &v)| *c += v),
+                }
+            }
+            // The last columns, fewer than a tile: the same chain, one at a time.
+            let panel = &panels[g * k * TILE_ROWS..(g + 1) * k * TILE_ROWS];
+            for jj in strips * TILE_COLS..width {
+                let column = w[j0 + jj..].iter().step_by(n);
+                let steps = panel.chunks_exact(TILE_ROWS);
+                let v = steps
+                    .zip(column)
+                    .fold(0.0f32, |acc, (x, &wv)| x[i].mul_add(wv, acc));
+                match output {
+                    Output::Overwrite => c_row[jj] = v,
+                    Output::Accumulate => c_row[jj] += v,
+                }
+            }
+        }
+    };
+    let bands = c.axis_chunks_iter_mut(Axis(1), FEW_ROWS_BAND);
+    match threads {
+        Threads::Pool => bands.into_par_iter().enumerate().for_each(band),
+        Threads::Caller => bands.enumerate().for_each(band),
+    }
+}
+
+simd_targets! {
+    /// The loop of [`few_rows`] over one band: `tiles[(g·strips + s)·6 + i]`
+    /// receives `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns;
+    /// `w` starts at the band's first column, `ldw` apart per row).
+    fn band_tiles(
+        panels: &[f32],
+        groups: usize,
+        k: usize,
+        w: &[f32],
+        ldw: usize,
+        strips: usize,
+        tiles: &mut [[f32; TILE_COLS]],
+    ) {
+        for k0 in (0..k).step_by(TILE_DEPTH) {
+            let depth = TILE_DEPTH.min(k - k0);
+            for s in 0..strips {
+                let w_block = &w[k0 * ldw + s * TILE_COLS..];
+                for g in 0..groups {
+                    let steps = &panels[(g * k + k0) * TILE_ROWS..][..depth * TILE_ROWS];
+                    let tile = &mut tiles[(g * strips + s) * TILE_ROWS..][..TILE_ROWS];
+                    let tile: &mut [[f32; TILE_COLS]; TILE_ROWS] =
+                        tile.try_into().expect("TILE_ROWS rows");
+                    tile_steps(steps, w_block, ldw, tile);
+                }
+            }
+        }
+    }
+}
+
+/// `tile[i][j] += Σₗ steps[l][i] · w[l·ldw + j]`, one fused multiply–add per
+/// term, in order of `l`: the register tile of [`few_rows`] (inlined into the
+/// SIMD versions of [`band_tiles`], where the 6 × 16 sums are twelve vector
+/// registers).
+#[inline(always)]
+fn tile_steps(steps: &[f32], w: &[f32], ldw: usize, tile: &mut [[f32; TILE_COLS]; TILE_ROWS]) {
+    let mut acc = *tile;
+    for (l, x) in steps.chunks_exact(TILE_ROWS).enumerate() {
+        let w_row: &[f32; TILE_COLS] = w[l * ldw..l * ldw + TILE_COLS]
+            .try_into()
+            .expect("TILE_COLS columns");
+        for i in 0..TILE_ROWS {
+            for j in 0..TILE_COLS {
+                acc[i][j] = x[i].mul_add(w_row[j], acc[i][j]);
+            }
+        }
+    }
+    *tile = acc;
 }
 
 /// A few rows times a matrix whose rows are contiguous (a `Conv1D` weight
