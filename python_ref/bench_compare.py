@@ -122,6 +122,61 @@ def decode_fraction(r: dict, t: dict | None) -> tuple[float, float]:
     return d["tokens_per_second"] * bytes_per_token / (best_gbs * 1e9), best_gbs
 
 
+# GPT-2 small, the shape both benches run.
+N_LAYER, N_EMBD, N_INNER, N_VOCAB = 12, 768, 3072, 50257
+
+
+def least_prefill_gflop(t: int, batch: int = 1) -> float:
+    """The arithmetic a prompt of `t` tokens needs to reach the last position's
+    distribution, in GFLOP (a multiply–add is 2): every block's projections and
+    MLP at every position, except the last block, which needs only its keys and
+    values at every position and the rest at the last one; causal attention
+    (the visible half of q·kᵀ and of p·v); the head at the last position."""
+    e, f = N_EMBD, N_INNER
+    qkv, rest = 3 * e * e, e * e + 2 * e * f  # c_attn; c_proj + c_fc + mlp.c_proj
+    weights = (N_LAYER - 1) * t * (qkv + rest) + t * qkv + 1 * rest
+    attention = (N_LAYER - 1) * 2 * e * t * (t + 1) / 2 + 2 * e * t
+    head = N_VOCAB * e
+    return batch * 2 * (weights + attention + head) / 1e9
+
+
+@dataclass
+class Floor:
+    """The best prompt-time ratio the machine allows in a run: if every FLOP
+    ran at the matmul rate measured on the model's largest product
+    (`[1024, 768] · [768, 3072]`, the better of this crate's GEMM and
+    PyTorch's), the forward pass would take `gflop / rate`."""
+
+    label: str
+    gflop: float
+    rate: float  # GFLOP/s
+    torch_ms: float
+    limit: float  # the target's ratio
+
+    @property
+    def floor_ms(self) -> float:
+        return self.gflop / self.rate * 1e3
+
+    @property
+    def ratio(self) -> float:
+        return self.floor_ms / self.torch_ms
+
+
+def floors(rust: dict, torch: dict, threads: int = 2) -> list[Floor]:
+    r, t = run_at(rust, threads), run_at(torch, threads)
+    if r is None or t is None:
+        return []
+    rate = max(r["machine"]["matmul_gflops"], t["machine"]["matmul_gflops"])
+    out = []
+    for label, case, gflop, limit in [
+        ("prefill T=1024", CASES[5], least_prefill_gflop(1024), 0.7),
+        ("prefill T=128", CASES[3], least_prefill_gflop(128), 0.6),
+        ("batched prefill 8 × 128", CASES[7], least_prefill_gflop(128, batch=8), 0.75),
+    ]:
+        out.append(Floor(label, gflop, rate, case.read(t), limit))
+    return out
+
+
 def targets(rust: dict, torch: dict) -> list[Target]:
     """The issue's targets: at 2 threads, plus one at 1 thread."""
     out = []
@@ -303,6 +358,12 @@ def print_report(rust: dict, torch: dict, checks: list[Target]) -> None:
     for c in checks:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[c.ok]
         print(f"  {mark}  {c.description:<62} {c.measured}")
+    lows = floors(rust, torch)
+    if lows:
+        print(f"\nprompt ratios the machine allows (2 threads; every FLOP at {lows[0].rate:.1f} GFLOP/s):")
+        for f in lows:
+            print(f"  {f.label:<24} {f.gflop:6.1f} GFLOP  ≥ {f.floor_ms:7.1f} ms  ÷ transformers"
+                  f" {f.torch_ms:7.1f} ms = {f.ratio:.2f}  (target {f.limit})")
 
 
 def markdown_table(rows: list[list[str]]) -> str:
@@ -414,11 +475,34 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         *[f"| {c.description} | {c.measured} | {'PASS' if c.ok else 'n/a' if c.ok is None else '**FAIL**'} |"
           for c in checks],
         "",
+        *floor_section(rust, torch),
         f"![Rust time ÷ transformers time per case]({png.name})",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
+
+
+def floor_section(rust: dict, torch: dict) -> list[str]:
+    lows = floors(rust, torch)
+    if not lows:
+        return []
+    return [
+        "## What the machine allows the prompts",
+        "",
+        "The least arithmetic each prompt case needs (projections and MLP at every position but"
+        " the last block's, causal attention, the head at the last position), at the best f32"
+        f" matmul rate either bench measured in this run at 2 threads, {lows[0].rate:.1f} GFLOP/s"
+        " on the model's largest product (`[1024, 768] · [768, 3072]`): no forward pass that runs"
+        " slower than its own largest matrix product can take less than this, and the ratio it"
+        " gives is the best any implementation on these two GEMMs could show.",
+        "",
+        "| case | GFLOP | at the matmul rate | transformers | best ratio possible | target |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {f.label} | {f.gflop:.1f} | {fmt(f.floor_ms, 'ms')} | {fmt(f.torch_ms, 'ms')}"
+          f" | {f.ratio:.2f} | {f.limit} |" for f in lows],
+        "",
+    ]
 
 
 def write_chart(path: Path, rust: dict, torch: dict) -> None:
