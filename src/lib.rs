@@ -75,8 +75,9 @@
 //!    ([`blocks::scaled_dot_product_attention`], [`blocks::multi_head_attention`]).
 //!    [`seed_project`] maps them to the C files of the project this crate grew from.
 //!    Underneath, the fast paths stay inside the blocks: [`blocks::gemm`] (a
-//!    matrix–vector kernel that streams each weight once for decoding, the
-//!    `gemm` crate's packed SIMD GEMM for prompts), [`blocks::fastmath`]
+//!    matrix–vector kernel that streams each weight once for decoding, a
+//!    register-tiled kernel that reads the weights in place for short prompts,
+//!    the `gemm` crate's packed SIMD GEMM for long ones), [`blocks::fastmath`]
 //!    (sums over SIMD lanes and a vectorisable `exp`, compiled for AVX2/FMA
 //!    and picked at run time) and [`blocks::Matrix`] (weights read in place
 //!    from a memory-mapped `model.safetensors`).
