@@ -12,7 +12,7 @@
 //! instead, and a packed GEMM with AVX2/FMA micro-kernels chosen at run time
 //! (the `gemm` crate) is what we want. In between (5 to 32 rows: a short
 //! prompt, a batch of decoding steps) each weight is still used only a few
-//! times, so packing it costs as much as the arithmetic; [`few_rows`] keeps
+//! times, so packing it costs as much as the arithmetic; a third kernel keeps
 //! a 6 × 16 block of the output in registers and reads the weights where
 //! they lie, eight rows at a time.
 //!
@@ -32,7 +32,8 @@ pub const GEMV_MAX_ROWS: usize = 4;
 
 /// Products with at most this many rows (and more than [`GEMV_MAX_ROWS`]) on
 /// the left, and a contiguous row-major matrix on the right (a `Conv1D`
-/// weight), use [`few_rows`] where the CPU fuses multiply–add.
+/// weight), use the register-tiled kernel (`few_rows`) where the CPU fuses
+/// multiply–add.
 pub const FEW_ROWS_MAX: usize = 32;
 
 /// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
@@ -219,7 +220,7 @@ const FEW_ROWS_BAND: usize = 384;
 ///
 /// Every output is one chain of fused multiply–adds over `k` in order,
 /// started from zero and then written into (or added to) `c`: the same bits
-/// whatever the thread count and whatever the CPU (`mul_add` rounds once).
+/// whatever the thread count, on every CPU that runs it (`mul_add` rounds once).
 fn few_rows(
     a: ArrayView2<f32>,
     w: &[f32],
