@@ -113,16 +113,23 @@ pub fn product(
     gemm(a, b, c.view_mut(), output, threads);
 }
 
-/// Whether the CPU has a fused multiply–add instruction, which [`few_rows`]
-/// is built on (without one, `f32::mul_add` is a slow library call and the
-/// `gemm` crate is faster).
+/// Whether [`few_rows`] runs as fused multiply–adds in vector registers here:
+/// its loop is compiled for AVX2 with FMA and for NEON (see `simd_targets!`);
+/// anywhere else `f32::mul_add` would be a library call per element, and the
+/// `gemm` crate is faster.
 fn fused_multiply_add() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("fma");
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
     #[cfg(target_arch = "aarch64")]
-    return true; // every AArch64 CPU has FMADD and NEON's FMLA
-    #[allow(unreachable_code)]
-    false
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 /// Many rows: the `gemm` crate's packed GEMM, threaded over the current rayon
@@ -212,11 +219,11 @@ const FEW_ROWS_BAND: usize = 384;
 /// in tiles of 6 rows × 16 columns; the rows of `a` are first laid out as
 /// panels `[m/6][k][6]` so that the six numbers one step needs are adjacent.
 /// For every 8 rows of `w` (`k0..k0+8`), each 16-column piece of those rows
-/// is loaded once from memory and then used by every panel, in registers:
-/// per row of `w`, two vector loads, six broadcasts and twelve fused
-/// multiply–adds. Reading the weight 8 rows × 16 columns at a time keeps
-/// its 8 rows' streams sequential for the hardware prefetcher, and nothing
-/// is copied.
+/// comes from memory once and is then read from the L1 cache by every panel,
+/// whose 6 × 16 sums stay in registers: per row of `w`, two vector loads, six
+/// broadcasts and twelve fused multiply–adds. Reading the weight 8 rows × 16
+/// columns at a time keeps its 8 rows' streams sequential for the hardware
+/// prefetcher, and nothing is copied.
 ///
 /// Every output is one chain of fused multiply–adds over `k` in order,
 /// started from zero and then written into (or added to) `c`: the same bits
