@@ -50,6 +50,17 @@ pub enum Output {
     Accumulate,
 }
 
+impl Output {
+    /// Put one finished sum `v` into its element of `c`.
+    #[inline(always)]
+    fn store(self, c: &mut f32, v: f32) {
+        match self {
+            Output::Overwrite => *c = v,
+            Output::Accumulate => *c += v,
+        }
+    }
+}
+
 /// Where a product runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Threads {
@@ -259,10 +270,10 @@ fn few_rows(
             for s in 0..strips {
                 let sums = &tiles[(g * strips + s) * TILE_ROWS + i];
                 let c_piece = c_row.slice_mut(s![s * TILE_COLS..(s + 1) * TILE_COLS]);
-                match output {
-                    Output::Overwrite => c_piece.into_iter().zip(sums).for_each(|(c, &v)| *c = v),
-                    Output::Accumulate => c_piece.into_iter().zip(sums).for_each(|(c, &v)| *c += v),
-                }
+                c_piece
+                    .into_iter()
+                    .zip(sums)
+                    .for_each(|(c, &v)| output.store(c, v));
             }
             // The last columns, fewer than a tile: the same chain, one at a time.
             let panel = &panels[g * k * TILE_ROWS..(g + 1) * k * TILE_ROWS];
@@ -272,10 +283,7 @@ fn few_rows(
                 let v = steps
                     .zip(column)
                     .fold(0.0f32, |acc, (x, &wv)| x[i].mul_add(wv, acc));
-                match output {
-                    Output::Overwrite => c_row[jj] = v,
-                    Output::Accumulate => c_row[jj] += v,
-                }
+                output.store(&mut c_row[jj], v);
             }
         }
     };
@@ -427,11 +435,7 @@ simd_targets! {
         for (j, column) in b_band.columns().into_iter().enumerate() {
             let column = column.to_slice().expect("unit row stride");
             for (t, row) in rows.iter().enumerate() {
-                let d = dot(row, column);
-                match output {
-                    Output::Overwrite => c_band[[t, j]] = d,
-                    Output::Accumulate => c_band[[t, j]] += d,
-                }
+                output.store(&mut c_band[[t, j]], dot(row, column));
             }
         }
     }
