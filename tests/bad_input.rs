@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gpt2_ndarray::checkpoint::pickle;
+use gpt2_ndarray::checkpoint::unpickler as pickle;
 use gpt2_ndarray::checkpoint::pytorch::{read_pytorch_bin, read_pytorch_bin_bytes};
 use gpt2_ndarray::checkpoint::safetensors::read_safetensors;
 use gpt2_ndarray::generate::{generate, generate_batch, GenerateOptions, Generation};

@@ -8,7 +8,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use gpt2_ndarray::checkpoint::pytorch::read_pytorch_bin;
-use gpt2_ndarray::checkpoint::{pickle, Dtype, Tensors};
+use gpt2_ndarray::checkpoint::unpickler as pickle;
+use gpt2_ndarray::checkpoint::{Dtype, Tensors};
 use ndarray::{ArrayD, Dimension};
 use ndarray_npy::read_npy;
 

@@ -1,7 +1,7 @@
 //! The restricted unpickler alone, then every accessor on what it returns.
 #![no_main]
 
-use gpt2_ndarray::checkpoint::pickle::{self, Value};
+use gpt2_ndarray::checkpoint::unpickler::{self as pickle, Value};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,9 +17,17 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::blocks::{Matrix, SharedF32};
 
-pub mod pickle;
+mod pickle;
 pub mod pytorch;
 pub mod safetensors;
+
+/// Not part of the API: the restricted unpickler alone, for the fuzz targets
+/// and the tests that feed it hostile bytes. (How it reads `torch.save`'s
+/// pickles without executing them is told in [`pytorch`].)
+#[doc(hidden)]
+pub mod unpickler {
+    pub use super::pickle::{load, Pickle, Value, MAX_PICKLE_LEN};
+}
 
 /// The element type a tensor had in the file, before it was upcast to `f32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,7 +1,7 @@
 //! `pytorch_model.bin` (what `torch.save(state_dict)` writes) → named `f32` arrays.
 //!
 //! Two layouts exist in the wild, both holding the same pickled state dict
-//! (see [`super::pickle`] for what a pickle is):
+//! (see [What a pickle is](#what-a-pickle-is) below):
 //!
 //! * **zip** (torch ≥ 1.6): a zip archive with one top folder of any name,
 //!   holding `<top>/data.pkl` (the state dict), `<top>/data/<key>` (the raw
@@ -18,6 +18,59 @@
 //! `lm_head.weight` and `wte.weight`). We read each needed storage once, check
 //! that the view fits inside it, and copy the viewed elements into a fresh
 //! row-major `f32` array.
+//!
+//! # What a pickle is
+//!
+//! Python's `pickle` format is a small program for a stack machine. Each
+//! instruction ("opcode") is one byte, sometimes followed by an argument. This
+//! is the start of `torch.save(nn.Linear(2, 2).state_dict())`, as
+//! `python -m pickletools` shows it:
+//!
+//! ```text
+//! c  collections OrderedDict    GLOBAL        push the class collections.OrderedDict
+//! q  0                          BINPUT        memo[0] = top of stack (for later BINGET 0)
+//! )                             EMPTY_TUPLE   push ()
+//! R                             REDUCE        pop args, pop callable, push callable(*args):
+//!                                             the (empty) state dict
+//! (                             MARK          remember the stack height
+//! X  'weight'                   BINUNICODE    push a string (4-byte length, then UTF-8)
+//! c  torch._utils _rebuild_tensor_v2
+//! (  (  X 'storage'  c torch FloatStorage  X '0'  X 'cpu'  K 4  t
+//!                               ... TUPLE     ('storage', FloatStorage, '0', 'cpu', 4)
+//! Q                             BINPERSID     "storage 0": bytes stored outside the pickle
+//! K 0   K 2 K 2 \x86   K 2 K 1 \x86   \x89   h 0 ) R
+//!                                             offset 0, size (2, 2), stride (2, 1),
+//!                                             False, OrderedDict() (BINGET 0 = the class)
+//! t  R                          TUPLE REDUCE  _rebuild_tensor_v2(storage, 0, (2, 2), (2, 1), ...)
+//! X 'bias'  ...                               the next key and tensor
+//! u                             SETITEMS      move the key/value pairs above the MARK
+//!                                             into the dict below it
+//! .                             STOP          the top of the stack is the result
+//! ```
+//!
+//! `GLOBAL` + `REDUCE` is what makes unpickling untrusted files dangerous: a
+//! pickle may name *any* importable function (`os.system`, `builtins.eval`)
+//! and call it. Our unpickler never calls anything. `GLOBAL` only resolves a
+//! short allow-list of names (`Global`); any other name is an error. `REDUCE`
+//! only "applies" those names by building plain data: `OrderedDict()` becomes
+//! an empty dict, `_rebuild_tensor_v2(...)` becomes a `TensorRef` that
+//! records which storage a tensor views and how.
+//!
+//! The tensor bytes are not in the pickle. Torch writes each storage as a
+//! *persistent id* (opcode `BINPERSID`): a tuple
+//! `('storage', torch.FloatStorage, '<key>', 'cpu', numel)` that the loader
+//! resolves to the raw bytes stored elsewhere in the file (`StorageRef`).
+//!
+//! ## Resource limits
+//!
+//! The input is untrusted. Every read checks that the bytes exist (a short
+//! stream is a "truncated" error, never a panic), long strings are read
+//! incrementally so a forged length cannot trigger a huge allocation, and every
+//! value is cheap to copy: strings are reference-counted and tuples, lists and
+//! dicts live in flat arenas inside `Pickle`, referenced by index. That keeps
+//! memory linear in the input size even when a pickle re-pushes the same
+//! object many times with `BINGET`, and keeps cyclic or deeply nested input
+//! harmless.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -78,7 +78,7 @@ pub fn read_safetensors_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Resu
 }
 
 /// [`read_safetensors`] on shared bytes: `f32` tensors are read in place.
-pub fn read_shared(bytes: &SharedBytes, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
+pub(crate) fn read_shared(bytes: &SharedBytes, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     let all: &[u8] = (**bytes).as_ref();
     read(all, keep, |view, data| {
         // Where the tensor's bytes start inside the file: an offset computed
