@@ -11,9 +11,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gpt2_ndarray::checkpoint::unpickler as pickle;
 use gpt2_ndarray::checkpoint::pytorch::{read_pytorch_bin, read_pytorch_bin_bytes};
 use gpt2_ndarray::checkpoint::safetensors::read_safetensors;
+use gpt2_ndarray::checkpoint::unpickler as pickle;
 use gpt2_ndarray::generate::{generate, generate_batch, GenerateOptions, Generation};
 use gpt2_ndarray::model::WeightsFormat;
 use gpt2_ndarray::{Gpt2, KvCache, Logits, Tokenizer, Trace};
