@@ -119,6 +119,7 @@ pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod perplexity;
+pub mod reference;
 pub mod seed_project;
 pub mod tokenizer;
 pub mod trace;

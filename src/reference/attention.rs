@@ -1,0 +1,173 @@
+//! Causal self-attention: one head, many heads, and GPT-2's attention layer.
+
+use ndarray::{s, stack, Array2, Array3, ArrayView2, ArrayView3, Axis};
+
+use super::{conv1d, matmul, softmax_rows, Attention, Config};
+
+/// The factor GPT-2 multiplies attention scores by in block `layer` (0-based):
+/// `1/√d` (`d = n_embd / n_head`) if `scale_attn_weights` (GPT-2: true), times
+/// `1/(layer + 1)` if `scale_attn_by_inverse_layer_idx` (GPT-2: false).
+///
+/// Dividing by `√d` keeps the scores' spread independent of the head width:
+/// `q·k` sums `d` products. `reorder_and_upcast_attn` changes where
+/// transformers applies the factor (inside the `q·kᵀ` product, in float32
+/// under fp16 autocast), not its value: in float32 it is the same maths.
+pub fn attention_scale(config: &Config, layer: usize) -> f32 {
+    let mut scale = 1.0;
+    if config.scale_attn_weights {
+        scale /= (config.head_dim() as f32).sqrt();
+    }
+    if config.scale_attn_by_inverse_layer_idx {
+        scale /= (layer + 1) as f32;
+    }
+    scale
+}
+
+/// One head's attention: its scores, probabilities and output.
+#[derive(Clone, Debug)]
+pub struct Head {
+    /// `q·kᵀ·scale`, `-∞` where masked: `[Tq, Tk]`.
+    pub scores: Array2<f32>,
+    /// [`softmax_rows`] of the scores: `[Tq, Tk]`, each row sums to 1.
+    pub probs: Array2<f32>,
+    /// `probs · v`: `[Tq, d]`.
+    pub out: Array2<f32>,
+}
+
+/// One head of causal attention: `softmax(q·kᵀ·scale + mask) · v`.
+///
+/// Shapes: `q: [Tq, d]`, `k, v: [Tk, d]` → scores and probabilities
+/// `[Tq, Tk]`, output `[Tq, d]`. The queries are the last `Tq` of the `Tk`
+/// positions (`Tq = Tk` for a whole prompt; fewer when earlier keys are
+/// cached), and query `i` may look at key `j` only if `j ≤ i + (Tk - Tq)`:
+/// a token never sees the future. A masked score is `-∞`, so its probability
+/// is exactly 0 (transformers writes the most negative float instead: the
+/// same probabilities).
+pub fn attention_head(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    scale: f32,
+) -> Head {
+    let (tq, tk) = (q.nrows(), k.nrows());
+    assert!(
+        tq <= tk,
+        "attention_head: more queries ({tq}) than keys ({tk})"
+    );
+    let mut scores = matmul(q, k.t()) * scale; // [Tq, d] · [d, Tk] -> [Tq, Tk]
+    for ((i, j), s) in scores.indexed_iter_mut() {
+        if j > i + (tk - tq) {
+            *s = f32::NEG_INFINITY; // the future
+        }
+    }
+    let probs = softmax_rows(scores.view());
+    let out = matmul(probs.view(), v); // [Tq, Tk] · [Tk, d] -> [Tq, d]
+    Head { scores, probs, out }
+}
+
+/// `[T, C]` → `[n_head, T, d]`: head `h` is columns `h·d .. (h+1)·d`.
+pub fn split_heads(x: ArrayView2<f32>, n_head: usize) -> Array3<f32> {
+    let (t, c) = x.dim();
+    assert_eq!(
+        c % n_head,
+        0,
+        "split_heads: {c} columns do not split into {n_head} heads"
+    );
+    let d = c / n_head;
+    Array3::from_shape_fn((n_head, t, d), |(h, i, j)| x[[i, h * d + j]])
+}
+
+/// `[n_head, T, d]` → `[T, C]`, the inverse of [`split_heads`]: the heads side by side.
+pub fn merge_heads(x: ArrayView3<f32>) -> Array2<f32> {
+    let (n_head, t, d) = x.dim();
+    Array2::from_shape_fn((t, n_head * d), |(i, c)| x[[c / d, i, c % d]])
+}
+
+/// Every head's attention, stacked on the first axis.
+#[derive(Clone, Debug)]
+pub struct Heads {
+    /// `[n_head, Tq, Tk]`.
+    pub scores: Array3<f32>,
+    /// `[n_head, Tq, Tk]`.
+    pub probs: Array3<f32>,
+    /// `[n_head, Tq, d]`.
+    pub out: Array3<f32>,
+}
+
+/// Multi-head attention: [`attention_head`] for each head on its own slice of
+/// `q`, `k`, `v`. Shapes: `q: [n_head, Tq, d]`, `k, v: [n_head, Tk, d]`.
+///
+/// Each head looks at the sequence through its own `d`-wide projections, so
+/// different heads can attend to different positions.
+pub fn multi_head_attention(
+    q: ArrayView3<f32>,
+    k: ArrayView3<f32>,
+    v: ArrayView3<f32>,
+    scale: f32,
+) -> Heads {
+    let heads: Vec<Head> = (0..q.len_of(Axis(0)))
+        .map(|h| {
+            attention_head(
+                q.index_axis(Axis(0), h),
+                k.index_axis(Axis(0), h),
+                v.index_axis(Axis(0), h),
+                scale,
+            )
+        })
+        .collect();
+    let stacked = |part: fn(&Head) -> ArrayView2<f32>| {
+        let views: Vec<ArrayView2<f32>> = heads.iter().map(part).collect();
+        stack(Axis(0), &views).expect("every head has the same shape")
+    };
+    Heads {
+        scores: stacked(|h| h.scores.view()),
+        probs: stacked(|h| h.probs.view()),
+        out: stacked(|h| h.out.view()),
+    }
+}
+
+/// The queries, keys and values of every head, and their attention: what
+/// [`causal_self_attention`] computes on the way.
+#[derive(Clone, Debug)]
+pub struct AttentionSteps {
+    /// `c_attn(x)`, `q | k | v` side by side: `[T, 3C]`.
+    pub c_attn: Array2<f32>,
+    /// `[n_head, T, d]` each.
+    pub q: Array3<f32>,
+    pub k: Array3<f32>,
+    pub v: Array3<f32>,
+    /// Scores, probabilities and outputs of each head.
+    pub heads: Heads,
+    /// [`merge_heads`] of the heads' outputs: `[T, C]`.
+    pub merged: Array2<f32>,
+    /// `c_proj(merged)`, the layer's output: `[T, C]`.
+    pub c_proj: Array2<f32>,
+}
+
+/// GPT-2's attention layer (`GPT2Attention`) in block `layer`: project `x` to
+/// queries, keys and values with `c_attn`, split them into heads, attend
+/// causally, merge the heads, project back with `c_proj`.
+/// Shapes: `[T, C]` → `[T, 3C]` → 3 × `[n_head, T, d]` → `[T, C]`.
+pub fn causal_self_attention(
+    config: &Config,
+    layer: usize,
+    attn: &Attention,
+    x: ArrayView2<f32>,
+) -> AttentionSteps {
+    let c = config.n_embd;
+    let c_attn = conv1d(x, &attn.c_attn); // [T, 3C]
+    let [q, k, v] =
+        [0, 1, 2].map(|j| split_heads(c_attn.slice(s![.., j * c..(j + 1) * c]), config.n_head));
+    let heads = multi_head_attention(q.view(), k.view(), v.view(), attention_scale(config, layer));
+    let merged = merge_heads(heads.out.view()); // [n_head, T, d] -> [T, C]
+    let c_proj = conv1d(merged.view(), &attn.c_proj); // [T, C]
+    AttentionSteps {
+        c_attn,
+        q,
+        k,
+        v,
+        heads,
+        merged,
+        c_proj,
+    }
+}

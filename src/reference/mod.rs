@@ -1,0 +1,70 @@
+//! # The reference tier: GPT-2 as a learner reads it
+//!
+//! GPT-2's forward pass in plain `ndarray`, one short pure function per box of
+//! the diagram, each with its formula and shapes. No threads, no SIMD, no
+//! `unsafe`, no fast kernel: every sum is `ndarray`'s `.dot`, `.sum()` or an
+//! iterator, every non-linearity the textbook formula. It is the statement of
+//! the maths that the fast model ([`Gpt2::forward`], built on the kernels in
+//! [`crate::blocks`]) is proven equal to, by `tests/fast_equals_reference.rs`,
+//! and it is itself checked step by step against PyTorch by
+//! `tests/reference.rs`.
+//!
+//! Read it bottom up, then [`forward`] top to bottom:
+//!
+//! | box | function | shapes |
+//! |---|---|---|
+//! | dot product, matrix product | [`dot`], [`matmul`] | `[n]·[n]`, `[m, k]·[k, n]` |
+//! | linear layer `x·W + b` (`c_attn`, `c_proj`, `c_fc`) | [`conv1d`] | `[T, in]` → `[T, out]` |
+//! | softmax | [`softmax`], [`softmax_rows`] | `[n]`, `[T, n]` |
+//! | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`layer_norm`] over [`mean`], [`variance`] | `[T, C]` |
+//! | the MLP's non-linearity | [`activation`]: [`gelu_new`], [`gelu`], [`gelu_fast`], [`quick_gelu`], [`relu`], [`silu`] | elementwise |
+//! | token + position embedding | [`embedding`] | `[T]` → `[T, C]` |
+//! | one head of causal attention | [`attention_head`], scaled by [`attention_scale`] | `[T, d]` ×3 → `[T, d]` |
+//! | heads apart and together | [`split_heads`], [`multi_head_attention`], [`merge_heads`] | `[T, C]` ↔ `[n_head, T, d]` |
+//! | the attention layer | [`causal_self_attention`] | `[T, C]` → `[T, C]` |
+//! | the feed-forward network | [`mlp`] | `[T, C]` → `[T, n_inner]` → `[T, C]` |
+//! | a transformer block | [`block`] | `[T, C]` → `[T, C]` |
+//! | the language-model head (tied to `wte`, or `lm_head`) | [`head`] | `[T, C]` → `[T, vocab]` |
+//! | the whole model, every step by name | [`forward`] → [`Activations`] | `[T]` → `[T, vocab]` |
+//!
+//! Every config the crate accepts runs here: `layer_norm_epsilon` (in each
+//! [`LayerNorm`]), `activation_function`, `n_inner`, `scale_attn_weights`,
+//! `scale_attn_by_inverse_layer_idx`, `reorder_and_upcast_attn` (see
+//! [`attention_scale`]) and an untied `lm_head`.
+//!
+//! ```no_run
+//! use gpt2_ndarray::{reference, Gpt2};
+//! # fn main() -> anyhow::Result<()> {
+//! let model = Gpt2::from_dir("models/kjv-gpt2")?;
+//! let acts = reference::forward(&model, &[818, 262, 3726]); // "In the beginning"
+//! println!("{:?}", acts.get("h.0.attn.probs").unwrap().shape()); // [n_head, 3, 3]
+//! let last = acts.logits().row(2).to_owned();
+//! # Ok(()) }
+//! ```
+//!
+//! The model's weights are read from the same structs the fast model uses
+//! (imported in the one `use` line below).
+#![deny(unsafe_code)]
+
+use crate::{
+    blocks::{Activation, Conv1D, LayerNorm},
+    config::Config,
+    model::{Attention, Block, Gpt2, Mlp},
+};
+
+mod activation;
+mod attention;
+mod gpt2;
+mod linear;
+mod norm;
+mod softmax;
+
+pub use activation::{activation, gelu, gelu_fast, gelu_new, quick_gelu, relu, sigmoid, silu};
+pub use attention::{
+    attention_head, attention_scale, causal_self_attention, merge_heads, multi_head_attention,
+    split_heads, AttentionSteps, Head, Heads,
+};
+pub use gpt2::{block, embedding, forward, head, mlp, Activations, BlockSteps, MlpSteps};
+pub use linear::{conv1d, dot, matmul};
+pub use norm::{layer_norm, mean, variance};
+pub use softmax::{softmax, softmax_rows};

@@ -1,0 +1,57 @@
+//! Mean, variance and layer normalisation.
+
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+
+use super::LayerNorm;
+
+/// Mean `μ = (1/n) Σᵢ xᵢ`. Shapes: `[n]` → scalar.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::reference::mean;
+/// assert_eq!(mean(array![1.0, 2.0, 3.0, 6.0].view()), 3.0);
+/// ```
+pub fn mean(x: ArrayView1<f32>) -> f32 {
+    x.sum() / x.len() as f32
+}
+
+/// Biased variance `σ² = (1/n) Σᵢ (xᵢ - μ)²` (divided by `n`, not `n - 1`:
+/// `torch.var(x, unbiased=False)`, what `nn.LayerNorm` uses). Shapes: `[n]` → scalar.
+///
+/// Two passes, the mean first, then the squared deviations: the one-pass
+/// `E[x²] - μ²` loses every digit when `|μ| ≫ σ`.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::reference::variance;
+/// // deviations from 3: [-2, -1, 0, 3], squares sum to 14, / 4
+/// assert_eq!(variance(array![1.0, 2.0, 3.0, 6.0].view()), 3.5);
+/// ```
+pub fn variance(x: ArrayView1<f32>) -> f32 {
+    let mu = mean(x);
+    x.mapv(|v| (v - mu) * (v - mu)).sum() / x.len() as f32
+}
+
+/// Layer norm of each row: `y = (x - μ) / √(σ² + ε) · γ + β`, `μ` and `σ²` the
+/// [`mean`] and [`variance`] of the row, `γ`, `β` = `ln.weight`, `ln.bias`,
+/// `ε` = `ln.eps` (the config's `layer_norm_epsilon`, which the loader puts in
+/// every [`LayerNorm`]).
+///
+/// Shapes: `x: [T, C]`, `γ, β: [C]` → `[T, C]`. Each position is normalised
+/// on its own, over its `C` features; `ε` keeps a constant row finite.
+///
+/// ```
+/// use ndarray::array;
+/// use gpt2_ndarray::{blocks::LayerNorm, reference::layer_norm};
+/// let ln = LayerNorm { weight: array![1.0, 1.0], bias: array![0.0, 0.5], eps: 0.0 };
+/// // μ = 2, σ² = 1: [(1-2)/1, (3-2)/1] · 1 + [0, 0.5]
+/// assert_eq!(layer_norm(array![[1.0, 3.0]].view(), &ln), array![[-1.0, 1.5]]);
+/// ```
+pub fn layer_norm(x: ArrayView2<f32>, ln: &LayerNorm) -> Array2<f32> {
+    let mut y = x.to_owned();
+    for mut row in y.axis_iter_mut(Axis(0)) {
+        let (mu, var) = (mean(row.view()), variance(row.view()));
+        row.mapv_inplace(|v| (v - mu) / (var + ln.eps).sqrt());
+    }
+    y * &ln.weight + &ln.bias // [T, C] · [C] + [C]
+}
