@@ -239,3 +239,41 @@ pub fn reference_cases() -> Vec<Case> {
     }
     cases
 }
+
+/// The tiny variant models of `python_ref/variants.py` (one non-default config
+/// field each): `(name, directory)`, from `golden/variants/manifest.json`.
+pub fn variant_dirs() -> Vec<(String, PathBuf)> {
+    let root = golden_dir().join("variants");
+    variants_manifest()["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .map(|v| {
+            let name = v["name"].as_str().expect("name").to_owned();
+            let dir = root.join(&name);
+            (name, dir)
+        })
+        .collect()
+}
+
+/// `golden/variants/manifest.json`: the prompts' ids, the variants, the tensor names.
+pub fn variants_manifest() -> serde_json::Value {
+    let path = golden_dir().join("variants/manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (run python3 python_ref/variants.py)",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).expect("manifest.json is JSON")
+}
+
+/// The ids of prompt `name` (`"short"`, `"long"`) of the variants' manifest.
+pub fn variant_prompt(name: &str) -> Vec<u32> {
+    variants_manifest()["prompts"][name]
+        .as_array()
+        .expect("prompt ids")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
