@@ -14,13 +14,18 @@
 //! `exp`/`tanh` they use, so the tolerance is the whole-model one ([`FAST`]);
 //! every comparison prints its worst element with `--nocapture`, and a
 //! failure names the model, the length, the step and the worst element.
+//! The last test checks the fast model on the variants' PyTorch goldens
+//! directly, as `tests/reference.rs` checks the reference.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{assert_close, golden_dir, variant_dirs, Tol, MODEL, TRAINED};
+use common::{
+    assert_close, golden_dir, read_f32, variant_dirs, variant_prompt, variants_manifest, Tol,
+    MODEL, TRAINED,
+};
 use gpt2_ndarray::blocks::{Activation, Conv1D, LayerNorm};
 use gpt2_ndarray::model::{Attention, Block, Mlp};
 use gpt2_ndarray::{reference, Config, Gpt2, KvCache, Logits, Trace};
@@ -276,5 +281,39 @@ fn padded_batch_equals_the_reference_of_each_sequence() {
             let name = format!("{label} batch row {b} ({} tokens)", seq.len());
             assert_close(&name, got.into_dyn(), slow.logits().into_dyn(), tol);
         }
+    }
+}
+
+/// The fast model on the variants' own PyTorch goldens too (the reference
+/// passes the same check in `tests/reference.rs`): every traced step of the
+/// short prompt, the logits of the 66-token one.
+#[test]
+fn fast_model_matches_transformers_on_every_config_variant() {
+    let manifest = variants_manifest();
+    let names: Vec<&str> = manifest["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|v| v.as_str().expect("name"))
+        .collect();
+    let (short, long) = (variant_prompt("short"), variant_prompt("long"));
+    for (variant, dir) in variant_dirs() {
+        let model = Gpt2::from_dir(&dir).expect("variant");
+        let mut trace = Trace::all();
+        model.forward_traced(&short, &mut trace).expect("forward");
+        for name in &names {
+            let expected = read_f32(dir.join("short").join(format!("{name}.npy")));
+            let got = trace.get(name).expect("traced");
+            assert_close(
+                &format!("fast {variant} {name}"),
+                got.view(),
+                expected.view(),
+                MODEL,
+            );
+        }
+        let logits = model.forward(&long).expect("forward");
+        let expected = read_f32(dir.join("long/logits.npy"));
+        let label = format!("fast {variant} long logits");
+        assert_close(&label, logits.view().into_dyn(), expected.view(), MODEL);
     }
 }
