@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gpt2_ndarray::blocks::fastmath::sum_lanes;
-use gpt2_ndarray::blocks::gemm::{matmul_into, Output};
 use gpt2_ndarray::generate::{generate, GenerateOptions, Rng};
+use gpt2_ndarray::kernels::fastmath::sum_lanes;
+use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
 use gpt2_ndarray::{Config, Gpt2, Tokenizer};
 use ndarray::Array2;
 use rayon::prelude::*;

@@ -10,7 +10,8 @@
 mod common;
 
 use common::show::{num, show1, show2};
-use gpt2_ndarray::blocks::{conv1d, dot, linear, matmul, Conv1D};
+use gpt2_ndarray::reference::{conv1d, dot, matmul};
+use gpt2_ndarray::weights::Conv1D;
 use ndarray::array;
 
 fn main() {
@@ -80,8 +81,9 @@ fn main() {
     show2("x·W + b", &(&xw + &layer.bias));
     let y = conv1d(x.view(), &layer);
     show2("conv1d(x, layer)", &y);
-    assert_eq!(y, linear(x.view(), layer.weight.view(), layer.bias.view()));
-    println!("linear(x, W, b) gives the same [2, 4] result.");
+    let by_parts = matmul(x.view(), layer.weight.view()) + &layer.bias;
+    assert_eq!(y, by_parts);
+    println!("matmul(x, W) + b gives the same [2, 4] result.");
 }
 
 /// [`num`] in parentheses when negative, for products such as `2·(-5)`.

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use gpt2_ndarray::blocks::softmax;
+use gpt2_ndarray::reference::softmax;
 
 /// Print the most likely next tokens of a prompt under a GPT-2.
 #[derive(Parser)]

@@ -11,10 +11,11 @@
 mod common;
 
 use common::show::{num, show1, show2};
-use gpt2_ndarray::blocks::{
-    causal_scores, layer_norm, matmul, mean, multi_head_attention, multi_head_attention_with_maps,
-    scaled_dot_product_attention, softmax_rows, variance, LayerNorm,
+use gpt2_ndarray::reference::{
+    attention_head, layer_norm, matmul, mean, merge_heads, multi_head_attention, softmax_rows,
+    split_heads, variance,
 };
+use gpt2_ndarray::weights::LayerNorm;
 use ndarray::{array, concatenate, s, Array1, Axis};
 
 fn main() {
@@ -55,8 +56,9 @@ fn single_head() {
     show2("S / √d", &(&scores * scale));
 
     println!("-- causal mask: query i may look at keys j <= i only (not at the future)\n");
-    let masked = causal_scores(q.view(), k.view(), scale, None);
-    show2("S / √d + M   (causal_scores)", &masked);
+    let head = attention_head(q.view(), k.view(), v.view(), scale);
+    let masked = head.scores;
+    show2("S / √d + M   (attention_head(..).scores)", &masked);
 
     println!("-- softmax of each row: P[i, :] are the weights query i gives to the values\n");
     let p = softmax_rows(masked.view());
@@ -86,10 +88,8 @@ fn single_head() {
         );
     }
     println!();
-    show2(
-        "scaled_dot_product_attention(q, k, v, 1/√d)",
-        &scaled_dot_product_attention(q.view(), k.view(), v.view(), scale),
-    );
+    show2("attention_head(q, k, v, 1/√d).out", &head.out);
+    assert_eq!(head.out, out);
 }
 
 fn layer_norm_then_two_heads() {
@@ -126,8 +126,9 @@ fn layer_norm_then_two_heads() {
     println!("In GPT-2, q, k, v come from h through c_attn (a Conv1D); here q = k = v = h.\n");
     let (n_head, d) = (2, 2);
     let scale = 1.0 / (d as f32).sqrt();
-    let (merged, maps) =
-        multi_head_attention_with_maps(h.view(), h.view(), h.view(), n_head, scale, None);
+    let heads = split_heads(h.view(), n_head); // [T, C] -> [n_head, T, d]
+    let attn = multi_head_attention(heads.view(), heads.view(), heads.view(), scale);
+    let merged = merge_heads(attn.out.view()); // [n_head, T, d] -> [T, C]
     let mut outs = Vec::new();
     for head in 0..n_head {
         let cols = s![.., head * d..(head + 1) * d];
@@ -136,9 +137,9 @@ fn layer_norm_then_two_heads() {
         show2(&format!("q = k = v (head {head})"), &hh);
         show2(
             &format!("P (head {head})"),
-            &maps.probs.index_axis(Axis(0), head).to_owned(),
+            &attn.probs.index_axis(Axis(0), head).to_owned(),
         );
-        let out = scaled_dot_product_attention(hh.view(), hh.view(), hh.view(), scale);
+        let out = attention_head(hh.view(), hh.view(), hh.view(), scale).out;
         show2(&format!("out (head {head}) = P·v"), &out);
         outs.push(out);
     }
@@ -147,7 +148,9 @@ fn layer_norm_then_two_heads() {
         "merge: [out (head 0) | out (head 1)]   2 × [3, 2] -> [3, 4]",
         &by_hand,
     );
-    show2("multi_head_attention(h, h, h, 2 heads)", &merged);
-    let again = multi_head_attention(h.view(), h.view(), h.view(), n_head, scale, None);
-    assert_eq!(again, merged);
+    show2(
+        "merge_heads(multi_head_attention(split_heads(h) ×3))",
+        &merged,
+    );
+    assert_eq!(by_hand, merged);
 }

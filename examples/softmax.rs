@@ -11,7 +11,7 @@
 mod common;
 
 use common::show::{num, show1, show2};
-use gpt2_ndarray::blocks::{softmax, softmax_rows};
+use gpt2_ndarray::reference::{softmax, softmax_rows};
 use ndarray::{array, Array1, Axis};
 
 fn main() {

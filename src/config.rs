@@ -4,8 +4,6 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::blocks::Activation;
-
 /// A GPT-2 configuration, read from a Hugging Face `config.json`.
 ///
 /// Every field that changes inference is here; the others in the file
@@ -289,5 +287,42 @@ impl Config {
     /// DistilGPT2, 82M parameters: GPT-2 small's width with 6 blocks.
     pub fn distilgpt2() -> Self {
         Self::sized(768, 6, 12)
+    }
+}
+
+/// The activation a config's `activation_function` names. Its formula is the
+/// reference function of the same name in [`crate::reference`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new` and `gelu_pytorch_tanh`: [`gelu_new`](crate::reference::gelu_new).
+    GeluNew,
+    /// `gelu_fast`: [`gelu_fast`](crate::reference::gelu_fast).
+    GeluFast,
+    /// `gelu`: [`gelu`](crate::reference::gelu) (erf).
+    Gelu,
+    /// `quick_gelu`: [`quick_gelu`](crate::reference::quick_gelu).
+    QuickGelu,
+    /// `relu`: [`relu`](crate::reference::relu).
+    Relu,
+    /// `silu` / `swish`: [`silu`](crate::reference::silu).
+    Silu,
+}
+
+impl Activation {
+    /// The activation for a transformers `activation_function` name.
+    /// An unknown name is an error (never a silent default).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
+            "gelu_fast" => Activation::GeluFast,
+            "gelu" => Activation::Gelu,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => bail!(
+                "unsupported activation_function {other:?} (supported: gelu_new, \
+                 gelu_pytorch_tanh, gelu_fast, gelu, quick_gelu, relu, silu, swish)"
+            ),
+        })
     }
 }

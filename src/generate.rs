@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
-use crate::blocks::softmax;
+use crate::kernels::softmax;
 use crate::model::{Gpt2, KvCache, Logits};
 use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;

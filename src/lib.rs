@@ -18,7 +18,20 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## The tour: GPT-2 in reading order
+//! The crate has two tiers and a proof that they agree:
+//!
+//! - **the reference tier**, [`reference`](mod@reference): GPT-2 as a learner reads it, in
+//!   plain `ndarray` (no threads, no SIMD, no `unsafe`), one short pure
+//!   function per box of the diagram below, and a whole-model
+//!   [`reference::forward`] that reads top to bottom and returns every
+//!   intermediate activation by name;
+//! - **the fast model**, [`Gpt2`]: the same maths on kernels that make it
+//!   faster than PyTorch on a CPU (chapter 2), with a KV cache, batches,
+//!   generation and tracing;
+//! - **the proof**: both are compared with PyTorch step by step, and with
+//!   each other, by the tests (chapter 3).
+//!
+//! ## 1. The tour: GPT-2 in reading order
 //!
 //! ```text
 //!  text ──► Tokenizer::encode ──► ids [T]                                       (0)
@@ -41,88 +54,103 @@
 //!                   softmax, sample or argmax ──► next token ──► text           (12)
 //! ```
 //!
-//! Each numbered box, where it lives, in the order the data meets it:
+//! Each numbered box, in the order the data meets it, and the reference
+//! function that computes it — the code [`reference::forward`] runs:
 //!
-//! | | box | function | shapes |
+//! | | box | reference function | shapes |
 //! |---|---|---|---|
 //! | (0) | text → token ids | [`Tokenizer::encode`] (and [`Tokenizer::decode`] back) | `&str` → `[T]` |
-//! | (1) | token + position embeddings | the first step of [`Gpt2::forward_step`]; the tables are [`Gpt2::wte`], [`Gpt2::wpe`] | `[T]` → `[T, C]` |
-//! | (2) | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`blocks::layer_norm`], built on [`blocks::mean`] and [`blocks::variance`]; weights [`LayerNorm`](blocks::LayerNorm) | `[T, C]` → `[T, C]` |
-//! | (3) | linear layer `x·W + b` (`c_attn`, `c_fc`) | [`blocks::conv1d`] = [`blocks::linear`](fn@blocks::linear), itself [`blocks::matmul`] of [`blocks::dot`]s; weights [`Conv1D`](blocks::Conv1D) in [`model::Attention`] and [`model::Mlp`] | `[T, in]` → `[T, out]` |
-//! | (4) | multi-head attention: split heads, attend, merge | [`blocks::multi_head_attention`] ([`blocks::multi_head_attention_with_maps`] keeps the maps) | `[T, C]` ×3 → `[T, C]` |
-//! | (5) | scaled, causally masked scores `q·kᵀ/√d` | [`blocks::causal_scores`] | `[T, d]` → `[T, T]` |
-//! | (6) | softmax of each row | [`blocks::softmax_inplace`] (also [`blocks::softmax`](fn@blocks::softmax), [`blocks::softmax_rows`]) | `[T, T]` → `[T, T]` |
-//! | (7) | one head, all of (5)–(6) then `·v` | [`blocks::scaled_dot_product_attention`] | `[T, d]` ×3 → `[T, d]` |
-//! | (8) | output projection (`attn.c_proj`, `mlp.c_proj`) and the residual add `x = x + …` | [`blocks::conv1d`], inside [`Gpt2::forward_step`]'s block loop over [`Gpt2::h`] ([`model::Block`]) | `[T, C]` → `[T, C]` |
-//! | (9) | the MLP's non-linearity | [`blocks::gelu_new`], or the one the config names: [`blocks::Activation`] | elementwise, `[T, 4C]` |
-//! | (10) | final layer norm | [`blocks::layer_norm`] with [`Gpt2::ln_f`] | `[T, C]` → `[T, C]` |
-//! | (11) | the head, tied to the embedding: `· wteᵀ` | the last step of [`Gpt2::forward_step`]; for the last position only, [`Logits::Last`] ([`inspect::logit_lens`] applies the same head to any layer) | `[T, C]` → `[T, vocab]` |
+//! | (1) | token + position embeddings | [`reference::embedding`]; the tables are [`Gpt2::wte`], [`Gpt2::wpe`] | `[T]` → `[T, C]` |
+//! | (2) | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`reference::layer_norm`], built on [`reference::mean`] and [`reference::variance`]; weights [`weights::LayerNorm`] | `[T, C]` → `[T, C]` |
+//! | (3) | linear layer `x·W + b` (`c_attn`, `c_fc`) | [`reference::conv1d`] = [`reference::matmul`] plus the bias, `matmul` being a [`reference::dot`] per entry; weights [`weights::Conv1D`] in [`model::Attention`] and [`model::Mlp`] | `[T, in]` → `[T, out]` |
+//! | (4) | the attention layer: split heads, attend, merge | [`reference::causal_self_attention`]: [`reference::split_heads`], [`reference::multi_head_attention`], [`reference::merge_heads`] | `[T, C]` → `[n_head, T, d]` → `[T, C]` |
+//! | (5) | scaled, causally masked scores `q·kᵀ·scale` | the first step of [`reference::attention_head`]; the factor is [`reference::attention_scale`] | `[T, d]` → `[T, T]` |
+//! | (6) | softmax of each row | [`reference::softmax_rows`] (of a vector: [`reference::softmax`]) | `[T, T]` → `[T, T]` |
+//! | (7) | one head, all of (5)–(6) then `·v` | [`reference::attention_head`] | `[T, d]` ×3 → `[T, d]` |
+//! | (8) | output projection (`attn.c_proj`, `mlp.c_proj`) and the residual add `x = x + …` | [`reference::conv1d`] inside [`reference::block`] | `[T, C]` → `[T, C]` |
+//! | (9) | the MLP and its non-linearity | [`reference::mlp`]; [`reference::gelu_new`], or the one the config names ([`config::Activation`]) through [`reference::activation`] | `[T, 4C]`, elementwise |
+//! | (10) | final layer norm | [`reference::layer_norm`] with [`Gpt2::ln_f`] | `[T, C]` → `[T, C]` |
+//! | (11) | the head, tied to the embedding: `· wteᵀ` | [`reference::head`] | `[T, C]` → `[T, vocab]` |
 //! | (12) | next token, and the next, ... | [`generate`]: [`generate::argmax`], [`generate::process_logits`], [`generate::sample`], with a [`KvCache`] | `[vocab]` → id |
 //!
-//! Every one of these steps can be recorded by name with a [`Trace`]
-//! (`h.3.ln_1`, `h.3.attn.probs`, `ln_f`, `logits`: the table is in
-//! [`trace`]), which is how the tests compare them with PyTorch one by one.
+//! [`reference::forward`] records every step under the names of the trace
+//! table (`h.3.ln_1`, `h.3.attn.probs`, `ln_f`, `logits`: the table is in
+//! [`trace`]) in an [`reference::Activations`]; the fast model records the
+//! same names on request with a [`Trace`]. `cargo run --example reference`
+//! prints them for a prompt; the worked examples `dot_product`, `softmax`
+//! and `scaled_dot_product_attention` compute boxes (3)–(7) by hand.
 //!
-//! ## The modules, bottom up
+//! ## 2. How it is made fast
 //!
-//! 1. **Building blocks** — [`blocks`]: pure functions on array views, each
-//!    with its formula, shapes and a worked example whose numbers come from
-//!    PyTorch, each tested alone against PyTorch.
-//!    [`blocks::linear`](mod@blocks::linear) (dot product, matrix product, [`blocks::conv1d`]),
-//!    [`blocks::softmax`](mod@blocks::softmax), [`blocks::norm`] ([`blocks::mean`],
-//!    [`blocks::variance`], [`blocks::layer_norm`]), [`blocks::activation`]
-//!    ([`blocks::gelu_new`]), [`blocks::attention`]
-//!    ([`blocks::scaled_dot_product_attention`], [`blocks::multi_head_attention`]).
-//!    [`seed_project`] maps them to the C files of the project this crate grew from.
-//!    Underneath, the fast paths stay inside the blocks: [`blocks::gemm`] (a
-//!    matrix–vector kernel that streams each weight once for decoding, a
-//!    register-tiled kernel that reads the weights in place for short prompts,
-//!    the `gemm` crate's packed SIMD GEMM for long ones), [`blocks::fastmath`]
-//!    (sums over SIMD lanes and a vectorisable `exp`, compiled for AVX2/FMA
-//!    and picked at run time) and [`blocks::Matrix`] (weights read in place
-//!    from a memory-mapped `model.safetensors`).
+//! [`Gpt2::forward_step`] runs the same boxes on private kernels (the
+//! `src/kernels/` directory, outside the public API). Each kernel names the
+//! reference function it replaces, and a test proves them equal:
+//!
+//! | box | reference | kernel (`src/kernels/`) | what makes it fast | proven equal by |
+//! |---|---|---|---|---|
+//! | (3)(8)(11) | [`reference::matmul`], [`reference::conv1d`], [`reference::head`] | `gemm.rs`, `linear.rs` | a matrix–vector kernel that streams each weight once (decoding), a register-tiled kernel that reads the weights in place (short prompts), the `gemm` crate's packed SIMD GEMM (long ones); the tied head reads `wte` as contiguous columns | `tests/kernels.rs` (every path, every size threshold, bit-identical across thread counts) |
+//! | (2)(10) | [`reference::layer_norm`] | `norm.rs` | rows in parallel, sums over SIMD lanes | `tests/kernels_vs_torch.rs`, `tests/fast_equals_reference.rs` |
+//! | (4)–(7) | [`reference::causal_self_attention`] | `attention.rs` | heads in parallel, 64-query blocks that skip the masked half, the softmax's division moved after `·v`; keys and values appended to a [`KvCache`] | `tests/kernels_vs_torch.rs`, `tests/fast_equals_reference.rs` (lengths crossing 64, cache, padded batches) |
+//! | (6) | [`reference::softmax`] | `softmax.rs`, `fastmath.rs` | a vectorisable `exp`, lane-wise max and sum | `tests/kernels_vs_torch.rs`; `exp` and the lane sums in `tests/kernels.rs` |
+//! | (9) | [`reference::activation`] | `activation.rs` | the tanh GELU as `x·σ(2u)`: one vectorisable `exp` | `tests/kernels_vs_torch.rs` |
+//! | weights | — | [`weights::Matrix`] | `f32` tensors used in place from a memory-mapped `model.safetensors` | `tests/model_golden.rs` (both formats) |
+//!
+//! And the whole fast model equals the whole reference: `tests/fast_equals_reference.rs`
+//! runs both on the golden model and on one tiny model per config variant,
+//! for prompts crossing every kernel threshold, with and without the cache
+//! and in padded batches, and reports the worst entry.
+//!
+//! ## 3. The modules, bottom up
+//!
+//! 1. **Weights** — [`weights`]: [`weights::Matrix`] (owned, or read in place
+//!    from a memory map), [`weights::LayerNorm`], [`weights::Conv1D`].
 //! 2. **Configuration** — [`Config`]: the numbers in `config.json` that shape
 //!    the model (`n_embd`, `n_head`, ...), validated.
 //! 3. **Checkpoints** — [`checkpoint`]: `model.safetensors` and
 //!    `pytorch_model.bin` (zip or 2019 legacy, parsed by a restricted unpickler
 //!    that never executes anything) become named `f32` tensors; those of an
 //!    `f32` safetensors file stay where they lie in its memory map.
-//! 4. **The model** — [`model`]: [`Gpt2`] holds the weights in structs named
+//! 4. **The reference tier** — [`reference`](mod@reference): the model in plain `ndarray`.
+//! 5. **The model** — [`model`]: [`Gpt2`] holds the weights in structs named
 //!    exactly like the checkpoint keys (`h[3].attn.c_attn`), and
-//!    [`Gpt2::forward_step`] is the forward pass of the diagram above, top to
-//!    bottom. A [`Trace`] records any named activation (`h.3.attn.probs`); a
+//!    [`Gpt2::forward_step`] is the fast forward pass of the diagram above.
+//!    A [`Trace`] records any named activation (`h.3.attn.probs`); a
 //!    [`KvCache`] makes decoding cost one position per token.
-//! 5. **Tokenizer** — [`Tokenizer`]: GPT-2's byte-level BPE through the
+//! 6. **Tokenizer** — [`Tokenizer`]: GPT-2's byte-level BPE through the
 //!    `tokenizers` crate, equal to `transformers`' ids.
-//! 6. **Generation** — [`generate`]: greedy and sampled decoding with
+//! 7. **Generation** — [`generate`]: greedy and sampled decoding with
 //!    transformers' filters (temperature, top-k, top-p, repetition penalty),
 //!    stop rules, streaming text, batches.
-//! 7. **Perplexity** — [`perplexity`]: how well the model predicts a text.
-//! 8. **Looking inside** — [`inspect`]: the model printed as PyTorch prints
+//! 8. **Perplexity** — [`perplexity`]: how well the model predicts a text.
+//! 9. **Looking inside** — [`inspect`]: the model printed as PyTorch prints
 //!    it with its parameter counts ([`inspect::architecture`]), and for a
 //!    prompt the residual stream, every attention head and the logit lens,
 //!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
 //!
-//! ## How it is verified
+//! ## 4. How it is verified
 //!
 //! `python_ref/*.py` run the same computation in PyTorch with fixed seeds and
 //! save inputs and outputs as `.npy` files under `golden/`; the tests in
 //! `tests/` load them and compare with stated tolerances (`1e-5` relative for
 //! a single op, `1e-4` for a whole model), printing the worst element when
-//! they fail. The committed test model has random weights but the real
-//! vocabulary; set `GPT2_DIR` to run the same tests on a real GPT-2.
+//! they fail. The reference tier faces them in `tests/reference.rs`, the fast
+//! model in `tests/model_golden.rs`, and the two face each other in
+//! `tests/fast_equals_reference.rs`. The committed test model has random
+//! weights but the real vocabulary; set `GPT2_DIR` to run the same tests on a
+//! real GPT-2.
 
-pub mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod inspect;
+#[doc(hidden)]
+pub mod kernels;
 pub mod model;
 pub mod perplexity;
 pub mod reference;
-pub mod seed_project;
 pub mod tokenizer;
 pub mod trace;
+pub mod weights;
 
 pub use config::Config;
 pub use model::{Gpt2, KvCache, Logits};

@@ -1,7 +1,7 @@
 //! `config.json` parsing: every released GPT-2 size from its own file, the
 //! defaults of old files, and clear errors for bad ones.
 
-use gpt2_ndarray::blocks::Activation;
+use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::Config;
 
 /// `config.json` of openai-community/gpt2 as published (2019: `n_ctx`, no `n_inner`).

@@ -26,8 +26,9 @@ use common::{
     assert_close, golden_dir, read_f32, variant_dirs, variant_prompt, variants_manifest, Tol,
     MODEL, TRAINED,
 };
-use gpt2_ndarray::blocks::{Activation, Conv1D, LayerNorm};
+use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::model::{Attention, Block, Mlp};
+use gpt2_ndarray::weights::{Conv1D, LayerNorm};
 use gpt2_ndarray::{reference, Config, Gpt2, KvCache, Logits, Trace};
 use ndarray::{s, Array1, Array2};
 

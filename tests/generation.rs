@@ -5,11 +5,11 @@
 mod common;
 
 use common::{assert_close, golden_dir, read_f32, SINGLE_OP};
-use gpt2_ndarray::blocks::softmax;
 use gpt2_ndarray::generate::{
     apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, generate,
     generate_batch, process_logits, GenerateOptions, Generation, StopReason, TextStream,
 };
+use gpt2_ndarray::reference::softmax;
 use gpt2_ndarray::{Gpt2, KvCache, Logits, Tokenizer, Trace};
 use ndarray::Ix1;
 use serde_json::Value;

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{assert_close, golden_dir, read_f32, reference_cases, SINGLE_OP};
-use gpt2_ndarray::blocks::softmax;
 use gpt2_ndarray::inspect::{entropy, inspect, logit_lens, top_tokens, Inspection};
+use gpt2_ndarray::reference::softmax;
 use gpt2_ndarray::{Gpt2, Tokenizer};
 use ndarray::{array, Array1, Array2, Axis, Ix2};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The fast matrix products against their plain twin (`matmul_naive`), for
+//! The fast matrix products against their reference twin (`reference::matmul`, `ndarray`'s `.dot`), for
 //! every path: few rows × row-contiguous matrix, few rows × column-contiguous
 //! matrix (a transposed view), 5–32 rows × a contiguous matrix (register
 //! tiles), many rows (tiled GEMM), odd sizes and strides.
@@ -7,8 +7,9 @@
 mod common;
 
 use common::{assert_close, Tol};
-use gpt2_ndarray::blocks::{matmul, matmul_naive};
 use gpt2_ndarray::generate::Rng;
+use gpt2_ndarray::kernels::matmul;
+use gpt2_ndarray::reference::matmul as reference_matmul;
 use ndarray::{s, Array2};
 
 fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
@@ -50,7 +51,7 @@ fn every_matmul_path_equals_the_plain_definition() {
         let a = random(m, k, 1);
         let b = random(k, n, 2);
         let name = format!("[{m},{k}]·[{k},{n}]");
-        let expected = matmul_naive(a.view(), b.view());
+        let expected = reference_matmul(a.view(), b.view());
         assert_close(
             &format!("{name} row-major"),
             matmul(a.view(), b.view()).view().into_dyn(),
@@ -68,7 +69,7 @@ fn every_matmul_path_equals_the_plain_definition() {
         // b as a column slice of a wider matrix (q, k, v inside c_attn's output).
         let wide = random(k, n + 6, 3);
         let b_slice = wide.slice(s![.., 3..n + 3]);
-        let expected = matmul_naive(a.view(), b_slice);
+        let expected = reference_matmul(a.view(), b_slice);
         assert_close(
             &format!("{name} strided"),
             matmul(a.view(), b_slice).view().into_dyn(),
@@ -80,7 +81,7 @@ fn every_matmul_path_equals_the_plain_definition() {
 
 #[test]
 fn products_accept_any_left_layout_and_add_into_the_output() {
-    use gpt2_ndarray::blocks::gemm::{matmul_into, Output};
+    use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
     // Every kernel: matrix–vector, few rows, GEMM.
     for (m, k, n) in [(3, 40, 70), (16, 40, 70), (100, 40, 70)] {
         let b = random(k, n, 7);
@@ -93,7 +94,7 @@ fn products_accept_any_left_layout_and_add_into_the_output() {
             let start = random(m, n, 10);
             let mut c = start.clone();
             matmul_into(a, b.view(), c.view_mut(), Output::Accumulate);
-            let expected = &start + &matmul_naive(a, b.view());
+            let expected = &start + &reference_matmul(a, b.view());
             assert_close(
                 &format!("{name}, c += a·b"),
                 c.view().into_dyn(),
@@ -145,7 +146,7 @@ fn ulps(got: f32, exact: f64) -> f64 {
 /// the range softmax and the GELUs use (and beyond): at most 2 ulp.
 #[test]
 fn fast_exp_is_within_two_ulp_everywhere_it_is_finite() {
-    use gpt2_ndarray::blocks::fastmath::exp;
+    use gpt2_ndarray::kernels::fastmath::exp;
     let mut worst = (0.0f64, 0.0f32);
     let n = 2_000_000;
     for i in 0..=n {
@@ -171,7 +172,7 @@ fn fast_exp_is_within_two_ulp_everywhere_it_is_finite() {
 /// their fixed order (the same input gives the same bits).
 #[test]
 fn lane_reductions_match_plain_loops() {
-    use gpt2_ndarray::blocks::fastmath::{dot_lanes, max_lanes, sum_lanes};
+    use gpt2_ndarray::kernels::fastmath::{dot_lanes, max_lanes, sum_lanes};
     for n in [0usize, 1, 15, 16, 17, 100, 769] {
         let x: Vec<f32> = random(1, n, 7).into_raw_vec_and_offset().0;
         let y: Vec<f32> = random(1, n, 8).into_raw_vec_and_offset().0;

@@ -12,11 +12,12 @@ use common::{
     assert_close, golden_dir, read_f32, reference_cases, variant_dirs, variant_prompt,
     variants_manifest, Tol, MODEL, SINGLE_OP,
 };
-use gpt2_ndarray::blocks::{Activation, Conv1D, LayerNorm};
+use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::reference::{
     self, attention_head, attention_scale, conv1d, dot, layer_norm, matmul, mean, merge_heads,
     multi_head_attention, softmax, softmax_rows, split_heads, variance,
 };
+use gpt2_ndarray::weights::{Conv1D, LayerNorm};
 use gpt2_ndarray::{Config, Gpt2};
 use ndarray::{arr1, Array, Array1, Array2, ArrayD, Dimension, Ix1, Ix2};
 use serde_json::Value;

@@ -15,7 +15,7 @@ use std::fmt;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use crate::blocks::{Matrix, SharedF32};
+use crate::weights::{Matrix, SharedF32};
 
 mod pickle;
 pub mod pytorch;

@@ -24,7 +24,7 @@ use ndarray::{ArrayD, IxDyn};
 use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
 
 use super::{Dtype, Tensor, Tensors};
-use crate::blocks::{SharedBytes, SharedF32};
+use crate::weights::{SharedBytes, SharedF32};
 
 /// Read every tensor of a safetensors file for which `keep(name)` is true.
 /// Every error names the file.

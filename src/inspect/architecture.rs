@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::blocks::{Activation, Conv1D, LayerNorm};
+use crate::config::Activation;
 use crate::model::{Block, Gpt2};
+use crate::weights::{Conv1D, LayerNorm};
 
 /// The model as a tree, in the shape of PyTorch's `print(GPT2LMHeadModel)`:
 ///

@@ -41,7 +41,7 @@ use anyhow::{ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, Ix2, Ix3};
 use rayon::prelude::*;
 
-use crate::blocks::{layer_norm, softmax_inplace};
+use crate::kernels::{layer_norm, softmax_inplace};
 use crate::model::Gpt2;
 use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;

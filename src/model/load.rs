@@ -10,11 +10,11 @@ use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 
 use super::{Attention, Block, Gpt2, Mlp};
-use crate::blocks::{Conv1D, LayerNorm, Matrix};
 use crate::checkpoint::{
     pytorch::read_pytorch_bin, safetensors::read_safetensors, Dtype, Tensor, Tensors,
 };
 use crate::config::Config;
+use crate::weights::{Conv1D, LayerNorm, Matrix};
 
 /// The two weight files a GPT-2 directory may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

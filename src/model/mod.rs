@@ -18,13 +18,13 @@ use anyhow::{bail, ensure, Result};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use crate::blocks::{
-    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps, Conv1D,
-    LayerNorm, Matrix,
-};
 use crate::checkpoint::Dtype;
 use crate::config::Config;
+use crate::kernels::{
+    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps,
+};
 use crate::trace::Trace;
+use crate::weights::{Conv1D, LayerNorm, Matrix};
 
 mod cache;
 mod load;

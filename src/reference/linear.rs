@@ -47,7 +47,7 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 ///
 /// ```
 /// use ndarray::array;
-/// use gpt2_ndarray::{blocks::Conv1D, reference::conv1d};
+/// use gpt2_ndarray::{reference::conv1d, weights::Conv1D};
 /// let layer = Conv1D { weight: array![[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]].into(), bias: array![0.0, 0.5, 1.0] };
 /// // transformers.pytorch_utils.Conv1D(nf=3, nx=2) with that weight and bias
 /// let y = conv1d(array![[1.0, 2.0], [0.0, -1.0]].view(), &layer);

@@ -5,7 +5,7 @@
 //! `unsafe`, no fast kernel: every sum is `ndarray`'s `.dot`, `.sum()` or an
 //! iterator, every non-linearity the textbook formula. It is the statement of
 //! the maths that the fast model ([`Gpt2::forward`], built on the kernels in
-//! [`crate::blocks`]) is proven equal to, by `tests/fast_equals_reference.rs`,
+//! [`crate::kernels`]) is proven equal to, by `tests/fast_equals_reference.rs`,
 //! and it is itself checked step by step against PyTorch by
 //! `tests/reference.rs`.
 //!
@@ -47,9 +47,9 @@
 #![deny(unsafe_code)]
 
 use crate::{
-    blocks::{Activation, Conv1D, LayerNorm},
-    config::Config,
+    config::{Activation, Config},
     model::{Attention, Block, Gpt2, Mlp},
+    weights::{Conv1D, LayerNorm},
 };
 
 mod activation;

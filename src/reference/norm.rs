@@ -42,7 +42,7 @@ pub fn variance(x: ArrayView1<f32>) -> f32 {
 ///
 /// ```
 /// use ndarray::array;
-/// use gpt2_ndarray::{blocks::LayerNorm, reference::layer_norm};
+/// use gpt2_ndarray::{reference::layer_norm, weights::LayerNorm};
 /// let ln = LayerNorm { weight: array![1.0, 1.0], bias: array![0.0, 0.5], eps: 0.0 };
 /// // μ = 2, σ² = 1: [(1-2)/1, (3-2)/1] · 1 + [0, 0.5]
 /// assert_eq!(layer_norm(array![[1.0, 3.0]].view(), &ln), array![[-1.0, 1.5]]);

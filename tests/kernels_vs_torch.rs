@@ -1,4 +1,6 @@
-//! Every building block against PyTorch, one claim per test.
+//! The fast kernels against PyTorch directly, one claim per test (their
+//! reference twins face the same golden files in `tests/reference.rs`, and
+//! the kernels face the twins in `tests/kernels.rs`).
 //!
 //! The golden files `golden/blocks/<case>.<tensor>.npy` (inputs and PyTorch's
 //! outputs) come from `python3 python_ref/blocks.py`; run with `--nocapture` to see
@@ -7,12 +9,15 @@
 mod common;
 
 use common::{assert_close, golden_dir, read_f32, Tol, SINGLE_OP};
-use gpt2_ndarray::blocks::{
-    self, causal_scores, conv1d, dot, layer_norm, linear, matmul, mean, multi_head_attention,
-    multi_head_attention_with_maps, scaled_dot_product_attention, softmax, softmax_inplace,
-    softmax_rows, variance, Activation, Conv1D, LayerNorm,
+use gpt2_ndarray::config::Activation;
+use gpt2_ndarray::kernels::activation as kernel;
+use gpt2_ndarray::kernels::norm::{mean, variance};
+use gpt2_ndarray::kernels::{
+    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps, softmax,
+    softmax_inplace,
 };
-use ndarray::{arr1, s, Array, Array1, Array2, ArrayD, Axis, Dimension, Ix1, Ix2};
+use gpt2_ndarray::weights::{Conv1D, LayerNorm};
+use ndarray::{arr1, Array, Array1, Array2, ArrayD, Dimension, Ix1, Ix2};
 
 // ------------------------------------------------------------------ helpers
 
@@ -62,27 +67,7 @@ fn layer_norm_params(case: &str) -> LayerNorm {
     }
 }
 
-// ------------------------------------------------------------------ dot, matmul, Conv1D
-
-fn check_dot(case: &str) {
-    let (a, b) = (golden1(&format!("{case}.a")), golden1(&format!("{case}.b")));
-    check_scalar(&format!("{case}.out"), dot(a.view(), b.view()), SINGLE_OP);
-}
-
-#[test]
-fn dot_of_two_vectors_matches_torch() {
-    check_dot("dot_1d");
-}
-
-#[test]
-fn dot_of_single_elements_matches_torch() {
-    check_dot("dot_single");
-}
-
-#[test]
-fn dot_with_cancelling_large_terms_matches_torch() {
-    check_dot("dot_cancel");
-}
+// ------------------------------------------------------------------ matmul, Conv1D
 
 fn check_matmul(case: &str) {
     let (a, b) = (golden2(&format!("{case}.a")), golden2(&format!("{case}.b")));
@@ -107,11 +92,6 @@ fn check_conv1d(case: &str) {
     let (x, layer) = (golden2(&format!("{case}.x")), conv1d_layer(case));
     let out = format!("{case}.out");
     check(&out, &conv1d(x.view(), &layer), SINGLE_OP);
-    check(
-        &out,
-        &linear(x.view(), layer.weight.view(), layer.bias.view()),
-        SINGLE_OP,
-    );
 }
 
 #[test]
@@ -136,7 +116,6 @@ fn check_softmax_1d(case: &str) {
 fn check_softmax_rows(case: &str) {
     let x = golden2(&format!("{case}.x"));
     let out = format!("{case}.out");
-    check(&out, &softmax_rows(x.view()), SINGLE_OP);
     let mut in_place = x.clone();
     in_place.rows_mut().into_iter().for_each(softmax_inplace);
     check(&out, &in_place, SINGLE_OP);
@@ -240,79 +219,54 @@ fn layer_norm_of_near_constant_rows_where_eps_dominates_matches_torch() {
 
 // ------------------------------------------------------------------ activations
 
-/// `Activation::from_name(name).forward` and the scalar function `f` both
+/// The kernel `Activation::apply_inplace` and the scalar function `f` both
 /// against `ACT2FN[name]` on x in [-10, 10] (including 0 and ±1e-3).
 fn check_activation(name: &str, f: fn(f32) -> f32) {
     let x = golden2("act.x");
     let out = format!("act_{name}.out");
     let act = Activation::from_name(name).unwrap();
-    check(&out, &act.forward(x.view()), SINGLE_OP);
+    let mut y = x.clone();
+    act.apply_inplace(y.view_mut());
+    check(&out, &y, SINGLE_OP);
     check(&out, &x.mapv(f), SINGLE_OP);
 }
 
 #[test]
 fn gelu_new_matches_transformers() {
-    check_activation("gelu_new", blocks::gelu_new);
+    check_activation("gelu_new", kernel::gelu_new);
 }
 
 #[test]
 fn gelu_pytorch_tanh_is_gelu_new_and_matches_transformers() {
-    check_activation("gelu_pytorch_tanh", blocks::gelu_new);
+    check_activation("gelu_pytorch_tanh", kernel::gelu_new);
 }
 
 #[test]
 fn exact_erf_gelu_matches_transformers() {
-    check_activation("gelu", blocks::gelu);
+    check_activation("gelu", kernel::gelu);
 }
 
 #[test]
 fn gelu_fast_matches_transformers() {
-    check_activation("gelu_fast", blocks::gelu_fast);
+    check_activation("gelu_fast", kernel::gelu_fast);
 }
 
 #[test]
 fn quick_gelu_matches_transformers() {
-    check_activation("quick_gelu", blocks::quick_gelu);
+    check_activation("quick_gelu", kernel::quick_gelu);
 }
 
 #[test]
 fn relu_matches_transformers() {
-    check_activation("relu", blocks::relu);
+    check_activation("relu", kernel::relu);
 }
 
 #[test]
 fn silu_matches_transformers() {
-    check_activation("silu", blocks::silu);
+    check_activation("silu", kernel::silu);
 }
 
 // ------------------------------------------------------------------ attention
-
-fn check_sdpa(case: &str) {
-    let [q, k, v] = ["q", "k", "v"].map(|t| golden2(&format!("{case}.{t}")));
-    let scale = golden_scalar(&format!("{case}.scale"));
-    let out = scaled_dot_product_attention(q.view(), k.view(), v.view(), scale);
-    check(&format!("{case}.out"), &out, SINGLE_OP);
-}
-
-#[test]
-fn causal_attention_of_one_head_matches_torch_sdpa() {
-    check_sdpa("sdpa"); // T 5, d 3, dv 4
-}
-
-#[test]
-fn causal_attention_of_a_single_token_returns_its_value() {
-    check_sdpa("sdpa_t1");
-}
-
-#[test]
-fn causal_attention_of_3_queries_against_7_keys_aligns_queries_to_the_end() {
-    check_sdpa("sdpa_tq3_tk7");
-}
-
-#[test]
-fn causal_attention_of_1_query_against_5_keys_sees_every_key() {
-    check_sdpa("sdpa_tq1_tk5");
-}
 
 /// `multi_head_attention` and `_with_maps` (output, scores, probabilities) of
 /// `case` with `n_head` heads, against per-head `F.scaled_dot_product_attention`.
@@ -364,26 +318,4 @@ fn multi_head_attention_of_1_query_against_5_keys_matches_torch() {
 #[test]
 fn multi_head_attention_with_right_padding_masked_matches_torch() {
     check_mha("mha_key_mask", 2); // keys 4, 5 are padding
-}
-
-#[test]
-fn causal_scores_of_each_head_match_the_masked_scaled_scores() {
-    let case = "mha_tq3_tk7";
-    let [q, k] = ["q", "k"].map(|t| golden2(&format!("{case}.{t}")));
-    let (scale, expected) = (
-        golden_scalar(&format!("{case}.scale")),
-        golden(&format!("{case}.scores")),
-    );
-    let d = q.ncols() / 2;
-    for h in 0..2 {
-        let cols = s![.., h * d..(h + 1) * d];
-        let got = causal_scores(q.slice(cols), k.slice(cols), scale, None);
-        let name = format!("{case}.scores[{h}]");
-        assert_close(
-            &name,
-            got.view().into_dyn(),
-            expected.index_axis(Axis(0), h),
-            SINGLE_OP,
-        );
-    }
 }

@@ -1,5 +1,5 @@
 //! The fast matrix products behind [`matmul`](super::matmul) and
-//! [`linear`](fn@super::linear): a streaming matrix–vector kernel for a few
+//! [`conv1d`](super::conv1d): a streaming matrix–vector kernel for a few
 //! rows, a register-tiled kernel that reads the weights in place for a short
 //! prompt, a packed SIMD GEMM for many rows.
 //!

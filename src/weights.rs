@@ -1,17 +1,22 @@
-//! Weight matrices that may live where the checkpoint file lies.
+//! The weights' types: a matrix that may live where the checkpoint file lies,
+//! a layer norm's parameters, a `Conv1D`'s.
+//!
+//! Both tiers read these same structs: the reference functions
+//! ([`crate::reference`]) through [`Matrix::view`], the fast model's kernels
+//! through the same view.
 //!
 //! GPT-2 small has 498 MB of `f32` weights. Copying them out of
 //! `model.safetensors` into fresh arrays takes longer than a forward pass, and
 //! for a while holds them twice. A [`Matrix`] is therefore either an ordinary
 //! owned [`Array2`], or `rows × cols` little-endian `f32`s inside shared bytes
-//! (a memory-mapped file) that are read in place. Either way the blocks see
+//! (a memory-mapped file) that are read in place. Either way the code sees
 //! the same thing, an [`ArrayView2`] from [`Matrix::view`], so the code that
 //! computes with a weight does not know or care where it is stored.
 
 use std::fmt;
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2};
 
 /// Immutable bytes shared by every tensor of one file: a memory map, or any
 /// byte buffer. `as_ref` must return the same slice every time (a memory map
@@ -51,7 +56,7 @@ impl SharedF32 {
 ///
 /// ```
 /// use ndarray::array;
-/// use gpt2_ndarray::blocks::Matrix;
+/// use gpt2_ndarray::weights::Matrix;
 /// let w = Matrix::from(array![[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
 /// assert_eq!(w.dim(), (2, 3));
 /// assert_eq!(w.view().row(1), array![4.0, 5.0, 6.0]);
@@ -144,5 +149,39 @@ impl fmt::Debug for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let storage = if self.is_shared() { "shared" } else { "owned" };
         write!(f, "Matrix({storage}) {:?}", self.view())
+    }
+}
+
+/// The parameters of `nn.LayerNorm(n)`.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    /// Gain `γ`, `[n]`.
+    pub weight: Array1<f32>,
+    /// Bias `β`, `[n]`.
+    pub bias: Array1<f32>,
+    /// `ε`, added to the variance before the square root (`layer_norm_epsilon`).
+    pub eps: f32,
+}
+
+/// The parameters of a GPT-2 `Conv1D` module (despite its name, a linear
+/// layer `y = x · W + b`; transformers stores `W` as `[in, out]`, the
+/// transpose of `nn.Linear`'s).
+#[derive(Clone, Debug)]
+pub struct Conv1D {
+    /// `[in, out]` (`nx`, `nf` in transformers' naming); owned, or read in
+    /// place from a memory-mapped checkpoint.
+    pub weight: Matrix,
+    /// `[out]`.
+    pub bias: Array1<f32>,
+}
+
+impl Conv1D {
+    /// `nx`: the input width.
+    pub fn n_in(&self) -> usize {
+        self.weight.nrows()
+    }
+    /// `nf`: the output width.
+    pub fn n_out(&self) -> usize {
+        self.weight.ncols()
     }
 }

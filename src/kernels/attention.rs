@@ -5,61 +5,8 @@ use rayon::prelude::*;
 
 use super::fastmath::{self, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS};
-use super::linear::matmul;
-use super::softmax::softmax_inplace;
 
-/// The attention scores of `Tq` queries against `Tk` keys, scaled and causally masked:
-///
-/// `sᵢⱼ = scale · (qᵢ · kⱼ)` if key `j` is visible from query `i`, else `-inf`.
-///
-/// Shapes: `q: [Tq, d]`, `k: [Tk, d]` → `[Tq, Tk]`, with `Tq ≤ Tk`. The queries
-/// are the **last** `Tq` positions of the sequence of `Tk` (all of it in a full
-/// forward, one position when decoding with a cache), so query `i` sits at
-/// position `Tk - Tq + i` and sees the keys `j ≤ Tk - Tq + i`. `key_mask`, when
-/// given (`[Tk]`, `true` = a real token), also hides padding keys.
-///
-/// transformers fills masked scores with `f32::MIN` rather than `-inf`; after the
-/// softmax both give exactly 0.
-///
-/// ```
-/// use ndarray::array;
-/// use gpt2_ndarray::blocks::causal_scores;
-/// let q = array![[1.0, 2.0], [0.0, 1.0]];             // Tq = 2: positions 1 and 2 of 3
-/// let k = array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]; // Tk = 3
-/// let s = causal_scores(q.view(), k.view(), 0.5, None);
-/// // mask = torch.ones(2, 3, dtype=torch.bool).tril(diagonal=1)
-/// // (q @ k.T * 0.5).masked_fill(~mask, -inf) = [[0.5, 1.0, -inf], [0.0, 0.5, 0.5]]
-/// assert_eq!(s, array![[0.5, 1.0, f32::NEG_INFINITY], [0.0, 0.5, 0.5]]);
-/// ```
-pub fn causal_scores(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    scale: f32,
-    key_mask: Option<ArrayView1<bool>>,
-) -> Array2<f32> {
-    let (tq, tk) = (q.nrows(), k.nrows());
-    assert!(tq <= tk, "causal_scores: {tq} queries but only {tk} keys");
-    let mut scores = matmul(q, k.t()); // [Tq, d] · [d, Tk] -> [Tq, Tk]
-    scale_and_mask(scores.view_mut(), tk - tq, scale, key_mask);
-    scores
-}
-
-/// `sᵢⱼ ← scale · sᵢⱼ` where query `i` (at position `first + i`) sees key `j`,
-/// `-inf` where it does not: keys after its position, and padding keys.
-fn scale_and_mask(
-    mut scores: ArrayViewMut2<f32>,
-    first: usize,
-    scale: f32,
-    key_mask: Option<ArrayView1<bool>>,
-) {
-    for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
-        let row = row.as_slice_mut().expect("a fresh matrix is row-major");
-        let seen = (first + i + 1).min(row.len()); // keys 0..=position
-        scale_and_mask_row(row, seen, scale, key_mask);
-    }
-}
-
-/// One row of [`scale_and_mask`]: the first `seen` scores are scaled (then
+/// One row of scores: the first `seen` scores are scaled (then
 /// padding keys set to `-inf`), the rest set to `-inf`. Returns the row's
 /// maximum, the shift its softmax needs.
 fn scale_and_mask_row(
@@ -82,38 +29,6 @@ fn scale_and_mask_row(
     }
 }
 
-/// Scaled dot-product attention of one head, causal:
-///
-/// `Attention(q, k, v) = softmax(q·kᵀ·scale + M)·v`, `M` the causal mask (0 or `-inf`),
-/// `scale = 1/√d` in the paper and in GPT-2.
-///
-/// Shapes: `q: [Tq, d]`, `k, v: [Tk, d]` → `[Tq, d]` (see [`causal_scores`] for
-/// `Tq < Tk`).
-///
-/// ```
-/// use ndarray::array;
-/// use gpt2_ndarray::blocks::scaled_dot_product_attention;
-/// let q = array![[1.0, 0.0], [0.0, 1.0]];
-/// let v = array![[1.0, 2.0], [3.0, 4.0]];
-/// let out = scaled_dot_product_attention(q.view(), q.view(), v.view(), 1.0);
-/// // position 0 sees only itself; position 1 weighs v₀, v₁ by softmax([0, 1]) = [0.269, 0.731]
-/// // F.scaled_dot_product_attention(q[None], q[None], v[None], is_causal=True, scale=1.0)[0]
-/// //     = [[1.0, 2.0], [2.4621172, 3.4621172]]
-/// assert_eq!(out.row(0), array![1.0, 2.0]);
-/// assert!((out[[1, 0]] - 2.462_117_2).abs() < 1e-5);
-/// assert!((out[[1, 1]] - 3.462_117_2).abs() < 1e-5);
-/// ```
-pub fn scaled_dot_product_attention(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
-    scale: f32,
-) -> Array2<f32> {
-    let mut probs = causal_scores(q, k, scale, None);
-    probs.rows_mut().into_iter().for_each(softmax_inplace);
-    matmul(probs.view(), v) // [Tq, Tk] · [Tk, d] -> [Tq, d]
-}
-
 /// The attention maps of every head, kept when a caller asks for them.
 #[derive(Clone, Debug)]
 pub struct AttentionMaps {
@@ -129,22 +44,6 @@ pub struct AttentionMaps {
 /// Head `h` is the column slice `h·d .. (h+1)·d` of each of `q`, `k`, `v`
 /// (a view, no copy) and its output lands in the same columns of the result,
 /// which is the "merge". Heads run in parallel.
-///
-/// ```
-/// use ndarray::array;
-/// use gpt2_ndarray::blocks::multi_head_attention;
-/// // T = 2, C = 4, 2 heads of d = 2: head 0 is columns 0..2, head 1 columns 2..4.
-/// let q = array![[1.0, 0.0, 0.0, 2.0], [0.0, 1.0, 2.0, 0.0]];
-/// let v = array![[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]];
-/// let out = multi_head_attention(q.view(), q.view(), v.view(), 2, 1.0, None);
-/// // heads = lambda x: x.view(2, 2, 2).transpose(0, 1)              # [T, C] -> [n_head, T, d]
-/// // F.scaled_dot_product_attention(heads(q), heads(q), heads(v), is_causal=True, scale=1.0)
-/// //     .transpose(0, 1).reshape(2, 4) = [[1, 2, 3, 4], [3.9242344, 4.9242344, 6.9280548, 7.9280548]]
-/// assert_eq!(out.row(0), array![1.0, 2.0, 3.0, 4.0]);
-/// for (got, want) in out.row(1).iter().zip([3.924_234_4, 4.924_234_4, 6.928_054_8, 7.928_054_8]) {
-///     assert!((got - want).abs() < 1e-5);
-/// }
-/// ```
 pub fn multi_head_attention(
     q: ArrayView2<f32>,
     k: ArrayView2<f32>,
@@ -160,21 +59,6 @@ pub fn multi_head_attention(
 /// `[n_head, Tq, Tk]` each: what [`Trace`](crate::Trace) records as
 /// `h.{i}.attn.scores` and `h.{i}.attn.probs`, and what
 /// [`inspect`](crate::inspect) draws.
-///
-/// ```
-/// use ndarray::array;
-/// use gpt2_ndarray::blocks::multi_head_attention_with_maps;
-/// let q = array![[1.0, 0.0, 0.0, 2.0], [0.0, 1.0, 2.0, 0.0]]; // as for multi_head_attention
-/// let v = array![[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]];
-/// let (_, maps) = multi_head_attention_with_maps(q.view(), q.view(), v.view(), 2, 1.0, None);
-/// // scores = heads(q) @ heads(q).transpose(-1, -2), masked: [[[1, -inf], [0, 1]], [[4, -inf], [0, 4]]]
-/// assert_eq!(maps.scores[[1, 1, 1]], 4.0);
-/// assert_eq!(maps.scores[[0, 0, 1]], f32::NEG_INFINITY);
-/// // torch.softmax(scores, -1) = [[[1, 0], [0.2689414, 0.7310586]], [[1, 0], [0.0179862, 0.9820138]]]
-/// assert_eq!(maps.probs[[0, 0, 1]], 0.0);
-/// assert!((maps.probs[[0, 1, 1]] - 0.731_058_6).abs() < 1e-6);
-/// assert!((maps.probs[[1, 1, 0]] - 0.017_986_2).abs() < 1e-6);
-/// ```
 pub fn multi_head_attention_with_maps(
     q: ArrayView2<f32>,
     k: ArrayView2<f32>,
