@@ -63,7 +63,7 @@
 //! (`h.3.ln_1`, `h.3.attn.probs`, `ln_f`, `logits`: the table is in
 //! [`trace`]), which is how the tests compare them with PyTorch one by one.
 //!
-//! The same forward pass written only to be read is the [`reference`] tier:
+//! The same forward pass written only to be read is the [`reference`](mod@reference) tier:
 //! plain `ndarray`, one short pure function per box, and a
 //! [`reference::forward`] that returns every activation above by name.
 //! `tests/fast_equals_reference.rs` proves the fast model equal to it.
