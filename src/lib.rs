@@ -62,7 +62,7 @@
 //! | (0) | text → token ids | [`Tokenizer::encode`] (and [`Tokenizer::decode`] back) | `&str` → `[T]` |
 //! | (1) | token + position embeddings | [`reference::embedding`]; the tables are [`Gpt2::wte`], [`Gpt2::wpe`] | `[T]` → `[T, C]` |
 //! | (2) | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`reference::layer_norm`], built on [`reference::mean`] and [`reference::variance`]; weights [`weights::LayerNorm`] | `[T, C]` → `[T, C]` |
-//! | (3) | linear layer `x·W + b` (`c_attn`, `c_fc`) | [`reference::conv1d`] = [`reference::matmul`] plus the bias, `matmul` being a [`reference::dot`] per entry; weights [`weights::Conv1D`] in [`model::Attention`] and [`model::Mlp`] | `[T, in]` → `[T, out]` |
+//! | (3) | linear layer `x·W + b` (`c_attn`, `c_fc`) | [`reference::conv1d`] = [`reference::matmul`] plus the bias (each entry of `matmul` is the [`reference::dot`] of a row and a column; `ndarray`'s `.dot` computes it); weights [`weights::Conv1D`] in [`model::Attention`] and [`model::Mlp`] | `[T, in]` → `[T, out]` |
 //! | (4) | the attention layer: split heads, attend, merge | [`reference::causal_self_attention`]: [`reference::split_heads`], [`reference::multi_head_attention`], [`reference::merge_heads`] | `[T, C]` → `[n_head, T, d]` → `[T, C]` |
 //! | (5) | scaled, causally masked scores `q·kᵀ·scale` | the first step of [`reference::attention_head`]; the factor is [`reference::attention_scale`] | `[T, d]` → `[T, T]` |
 //! | (6) | softmax of each row | [`reference::softmax_rows`] (of a vector: [`reference::softmax`]) | `[T, T]` → `[T, T]` |

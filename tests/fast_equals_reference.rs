@@ -8,7 +8,8 @@
 //! - 1..=7: the matrix–vector kernel (up to 4 rows), the few-rows kernel from 5;
 //! - 31..=34: the few-rows kernel's last sizes (up to 32 rows), then the packed GEMM;
 //! - 63..=66: attention's blocks of 64 queries, one and two of them;
-//! - 130 (128 on the golden model, its `n_positions`): three query blocks, a long GEMM.
+//! - 130: three query blocks, a long GEMM; and `n_positions`, the longest prompt
+//!   each model takes (128 for the golden model, 256 for kjv-gpt2, 136 for the others).
 //!
 //! Both tiers compute in f32 and differ only in summation order and in the
 //! `exp`/`tanh` they use, so the tolerance is the whole-model one ([`FAST`]);
@@ -171,10 +172,12 @@ fn models() -> Vec<(String, Gpt2, Tol)> {
     all
 }
 
-/// The lengths of [`LENGTHS`] the model can take (the longest capped at `n_positions`).
+/// The lengths of [`LENGTHS`] the model can take (the longest capped at
+/// `n_positions`), and `n_positions` itself: the longest prompt it accepts.
 fn lengths(model: &Gpt2) -> Vec<usize> {
     let max = model.config.n_positions;
     let mut lengths: Vec<usize> = LENGTHS.iter().map(|&t| t.min(max)).collect();
+    lengths.push(max);
     lengths.dedup();
     lengths
 }

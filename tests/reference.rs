@@ -153,7 +153,8 @@ fn layer_norm_matches_torch_layer_norm_including_where_eps_dominates() {
 #[test]
 fn every_activation_the_config_accepts_matches_transformers() {
     let x = golden2("act.x");
-    let cases: [(&str, fn(f32) -> f32); 7] = [
+    type Scalar = fn(f32) -> f32;
+    let cases: [(&str, Scalar); 7] = [
         ("gelu_new", reference::gelu_new),
         ("gelu_pytorch_tanh", reference::gelu_new),
         ("gelu", reference::gelu),

@@ -1,9 +1,11 @@
 //! # The reference tier: GPT-2 as a learner reads it
 //!
 //! GPT-2's forward pass in plain `ndarray`, one short pure function per box of
-//! the diagram, each with its formula and shapes. No threads, no SIMD, no
-//! `unsafe`, no fast kernel: every sum is `ndarray`'s `.dot`, `.sum()` or an
-//! iterator, every non-linearity the textbook formula. It is the statement of
+//! the diagram, each with its formula and shapes. No threads, no SIMD code,
+//! no `unsafe`, none of this crate's kernels: every sum is an iterator's, an
+//! `ndarray` `.sum()`, or a matrix product by `ndarray`'s `.dot` (which hands
+//! `f32` products to the `matrixmultiply` crate, single-threaded here), and
+//! every non-linearity is the textbook formula. It is the statement of
 //! the maths that the fast model ([`Gpt2::forward`], built on the kernels in
 //! [`crate::kernels`]) is proven equal to, by `tests/fast_equals_reference.rs`,
 //! and it is itself checked step by step against PyTorch by
