@@ -4,22 +4,23 @@
 //! computes, faster: SIMD loops chosen at run time, rayon threads, a GEMM and
 //! register-tiled products, attention that never builds a `[T, T]` matrix it
 //! does not need. Each names the reference function it replaces; the tests
-//! prove them equal (`tests/kernels.rs` kernel by kernel, across every size
-//! threshold; `tests/fast_equals_reference.rs` for the whole model). The
+//! prove them equal (`tests/kernels.rs` and `tests/kernels_vs_reference.rs`
+//! kernel by kernel, across every size threshold;
+//! `tests/fast_equals_reference.rs` for the whole model). The
 //! crate's front page, chapter "How it is made fast", walks through them.
 //!
 //! | kernel | replaces | proven equal by |
 //! |---|---|---|
 //! | [`linear::matmul`], [`gemm`] | [`reference::matmul`] | `tests/kernels.rs` |
-//! | [`linear::conv1d`] | [`reference::conv1d`] | `tests/kernels.rs`, `tests/fast_equals_reference.rs` |
-//! | [`norm::layer_norm`] | [`reference::layer_norm`] | `tests/kernels.rs` |
-//! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels.rs` |
-//! | `Activation::apply_inplace` ([`activation`]) | [`reference::activation`] | `tests/kernels.rs` |
-//! | [`attention::multi_head_attention`] | [`reference::multi_head_attention`] | `tests/kernels.rs`, `tests/fast_equals_reference.rs` |
+//! | [`linear::conv1d`] | [`reference::conv1d`] | `tests/kernels_vs_reference.rs` |
+//! | [`norm::layer_norm`] | [`reference::layer_norm`] | `tests/kernels_vs_reference.rs` |
+//! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels_vs_reference.rs` |
+//! | `Activation::apply_inplace` ([`activation`]) | [`reference::activation`] | `tests/kernels_vs_reference.rs` |
+//! | [`attention::multi_head_attention`] | [`reference::multi_head_attention`] | `tests/kernels_vs_reference.rs` |
 //! | [`fastmath`] (lane sums, `exp`) | `ndarray`'s `.sum()`, `f32::exp` | `tests/kernels.rs` |
 //!
 //! The module is public but hidden (`#[doc(hidden)]`, no semver promise) only
-//! so that `tests/kernels.rs` and `examples/bench.rs` can reach the kernels.
+//! so that the kernel tests and `examples/bench.rs` can reach the kernels.
 
 #[cfg(doc)]
 use crate::reference;
