@@ -6,8 +6,8 @@
 //! `ndarray` `.sum()`, or a matrix product by `ndarray`'s `.dot` (which hands
 //! `f32` products to the `matrixmultiply` crate, single-threaded here), and
 //! every non-linearity is the textbook formula. It is the statement of
-//! the maths that the fast model ([`Gpt2::forward`], built on the kernels in
-//! [`crate::kernels`]) is proven equal to, by `tests/fast_equals_reference.rs`,
+//! the maths that the fast model ([`Gpt2::forward`], built on the private kernels
+//! of `src/kernels/`) is proven equal to, by `tests/fast_equals_reference.rs`,
 //! and it is itself checked step by step against PyTorch by
 //! `tests/reference.rs`.
 //!
@@ -43,6 +43,27 @@
 //! let last = acts.logits().row(2).to_owned();
 //! # Ok(()) }
 //! ```
+//!
+//! ## Where the original C project went
+//!
+//! This crate grew out of a small learning project: GPT-2's next-token
+//! prediction first run through `transformers`, then its building blocks
+//! rewritten in plain C, each checked against PyTorch by a short Python
+//! script. Its files and their twins here:
+//!
+//! | C file | what it did | here | worked example |
+//! |---|---|---|---|
+//! | `dot_product.c` | 1-D dot product, then the 2-D product | [`dot`], [`matmul`], and GPT-2's linear layer [`conv1d`] | `cargo run --example dot_product` |
+//! | `softmax.c` | softmax of a vector, then of each row | [`softmax`], [`softmax_rows`] | `cargo run --example softmax` |
+//! | `scaled_dot_product_attention.c` | `softmax(q·kᵀ/√d)·v` | [`attention_head`], and the multi-head form GPT-2 runs, [`multi_head_attention`] | `cargo run --example scaled_dot_product_attention` |
+//! | its utils | mean, variance, layer norm | [`mean`], [`variance`] (biased, as `nn.LayerNorm` uses it), [`layer_norm`] | part 2 of the attention example |
+//! | `dot_product.py`, `scaled_dot_product.py` | the same in PyTorch, to check the C | `python_ref/blocks.py` writes inputs and PyTorch's outputs to `golden/blocks/`; `tests/reference.rs` compares every element | |
+//! | `train_gpt2` (inference with `transformers`) | the whole model's prediction | [`forward`], checked step by step against `transformers`' `GPT2LMHeadModel` (`python_ref/export_model.py`) | `cargo run --example reference` |
+//!
+//! The C checks compared a few printed numbers; these compare every element,
+//! on the edges each case is named after (one element, fewer queries than
+//! keys, rows of `±1e4`, all-equal rows, `-inf` from a mask, a layer norm
+//! whose `ε` dominates).
 //!
 //! The model's weights are read from the same structs the fast model uses
 //! (imported in the one `use` line below).
