@@ -32,15 +32,25 @@ pub fn run(body: impl FnOnce() -> Result<()>) -> ExitCode {
     }
 }
 
-/// `error: ` and the error's chain, outermost first, joined by `: caused by `.
-/// (Its `Debug` form, which `main` returning `Result` prints, spreads the chain
-/// over several lines and appends a backtrace when `RUST_BACKTRACE` is set.)
+/// `error: ` and the error's chain, outermost first, joined by `: caused by `;
+/// a message written over several lines (the loader's list of bad tensors)
+/// has its lines joined by spaces. (The `Debug` form, which `main` returning
+/// `Result` prints, spreads the chain over several lines and appends a
+/// backtrace when `RUST_BACKTRACE` is set.)
 pub fn one_line(error: &anyhow::Error) -> String {
-    let mut line = format!("error: {error}");
-    for cause in error.chain().skip(1) {
-        line.push_str(&format!(": caused by {cause}"));
-    }
-    line
+    let messages: Vec<String> = error
+        .chain()
+        .map(|e| {
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            lines.join(" ")
+        })
+        .collect();
+    format!("error: {}", messages.join(": caused by "))
 }
 
 /// A progress bar on stderr for `len` steps of work that takes more than a
@@ -50,11 +60,9 @@ pub fn progress(len: u64, hidden: bool) -> ProgressBar {
     if hidden || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let style = ProgressStyle::with_template(
-        "[{bar:40}] {pos}/{len} {msg} ({elapsed})",
-    )
-    .expect("a valid template")
-    .progress_chars("#>-");
+    let style = ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg} ({elapsed})")
+        .expect("a valid template")
+        .progress_chars("#>-");
     ProgressBar::new(len).with_style(style)
 }
 
