@@ -4,7 +4,6 @@
 
 pub mod show;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -54,10 +53,11 @@ pub fn one_line(error: &anyhow::Error) -> String {
 }
 
 /// A progress bar on stderr for `len` steps of work that takes more than a
-/// second or two, hidden when stderr is not a terminal (a pipe, a file, CI)
-/// or when `hidden` (e.g. `--json`), so that only results reach the output.
+/// second or two, hidden when `hidden` (e.g. `--json`) and, as indicatif's
+/// stderr target always is, when stderr is not a terminal (a pipe, a file,
+/// CI), so that only results reach the output.
 pub fn progress(len: u64, hidden: bool) -> ProgressBar {
-    if hidden || !std::io::stderr().is_terminal() {
+    if hidden {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg} ({elapsed})")
