@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
@@ -22,7 +23,11 @@ struct Args {
     model: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     let (dir, note) = common::resolve_model(args.model)?;
     if let Some(note) = note {

@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use gpt2_ndarray::generate::{generate, GenerateOptions, Rng};
 use gpt2_ndarray::kernels::fastmath::sum_lanes;
 use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
 use gpt2_ndarray::{Config, Gpt2, Tokenizer};
+use indicatif::ProgressBar;
 use ndarray::Array2;
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -43,8 +45,15 @@ const PREFILL: [usize; 5] = [1, 16, 128, 512, 1024];
 const DECODE_PROMPT: usize = 16;
 const DECODE_NEW: usize = 128;
 const BATCH: (usize, usize) = (8, 128);
+/// Steps of the progress bar per thread count: the machine twice, first
+/// logits, each prefill, decoding and the batch.
+const STEPS: usize = 2 + 1 + PREFILL.len() + 1 + 1;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.rss_probe {
         return rss_probe(dir);
@@ -65,14 +74,18 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
     let reps = if args.quick { 1 } else { 3 };
     let mut runs = Vec::new();
+    // Drawn between measurements only (no ticking thread to disturb them).
+    let bar = common::progress((args.threads.len() * STEPS + 1) as u64, false);
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        eprintln!("measuring with {threads} thread(s)...");
-        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps))?);
+        bar.suspend(|| eprintln!("measuring with {threads} thread(s)..."));
+        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps, &bar))?);
     }
+    bar.set_message("peak memory");
     let rss = peak_rss_of_probe(dir)?;
+    bar.finish_and_clear();
     let report = json!({
         "model": "gpt2 (124M, random weights, f32, safetensors)",
         "runs": runs,
@@ -88,16 +101,27 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
 }
 
 /// Everything at one thread count.
-fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Result<Value> {
+fn measure(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    threads: usize,
+    reps: usize,
+    bar: &ProgressBar,
+) -> Result<Value> {
+    let step = |what: &str| bar.set_message(format!("{threads} thread(s): {what}"));
     // The machine is measured before and after the model, and its limit is
     // the better of the two readings: on a shared machine a limit read at a
     // slow moment would flatter every fraction below.
+    step("machine");
     let machine_before = (read_bandwidth_gbs(), matmul_gflops());
+    bar.inc(1);
 
+    step("time to first logits");
     let ttfl = best_of(reps, || {
         let model = Gpt2::from_dir(dir).expect("load");
         model.next_token_logits(&[464]).expect("forward");
     });
+    bar.inc(1);
     let model = Gpt2::from_dir(dir)?;
     let cfg = model.config.clone();
     let mut rng = Rng::new(1);
@@ -109,13 +133,16 @@ fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Re
 
     let mut prefill_secs = Vec::new();
     for t in PREFILL {
+        step(&format!("prefill T={t}"));
         let prompt = ids(t);
         let secs = best_of(if t >= 512 { reps.min(2) } else { reps }, || {
             model.next_token_logits(&prompt).expect("prefill");
         });
         prefill_secs.push((t, secs.as_secs_f64()));
+        bar.inc(1);
     }
 
+    step("decode");
     let prompt = ids(DECODE_PROMPT);
     let options = GenerateOptions {
         max_new_tokens: DECODE_NEW,
@@ -130,7 +157,9 @@ fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Re
         model.next_token_logits(&prompt).expect("prefill");
     });
     let per_token = (decode - prompt_secs).as_secs_f64() / DECODE_NEW as f64;
+    bar.inc(1);
 
+    step("batched prefill");
     let (b, t) = BATCH;
     let batch_ids = Array2::from_shape_vec((b, t), ids(b * t))?;
     let mask = Array2::from_elem((b, t), true);
@@ -141,8 +170,11 @@ fn measure(dir: &Path, tokenizer: &Tokenizer, threads: usize, reps: usize) -> Re
     })
     .as_secs_f64();
     let batch_flops = b as f64 * prefill_flops(&cfg, t);
+    bar.inc(1);
 
+    step("machine");
     let machine_after = (read_bandwidth_gbs(), matmul_gflops());
+    bar.inc(1);
     let bandwidth = machine_before.0.max(machine_after.0);
     let gflops = machine_before.1.max(machine_after.1);
     let bytes_per_token = (cfg.num_parameters() * 4) as f64;

@@ -10,6 +10,7 @@ mod common;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -53,7 +54,11 @@ struct Args {
     ignore_eos: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     let (_, model, tokenizer) = common::load_model(args.model)?;
     let options = GenerateOptions {

@@ -10,6 +10,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
@@ -34,7 +35,11 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     let (dir, model, tokenizer) = common::load_model(args.model)?;
     let ids = tokenizer.encode(&args.prompt)?;

@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -30,7 +31,11 @@ struct Args {
     json: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     let start = Instant::now();
     let (dir, model, tokenizer) = common::load_model(args.model)?;

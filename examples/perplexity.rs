@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -35,7 +34,11 @@ struct Args {
     max_tokens: Option<usize>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    common::run(try_main)
+}
+
+fn try_main() -> Result<()> {
     let args = Args::parse();
     let (dir, model, tokenizer) = common::load_model(args.model)?;
     let mut ids: Vec<u32> = match (&args.file, &args.ids) {
@@ -61,19 +64,12 @@ fn main() -> Result<()> {
         ids.len(),
         model.config.n_positions
     );
-    let start = Instant::now();
+    let bar = common::progress(0, false).with_message("windows");
     let result = perplexity(&model, &ids, stride, |done, total| {
-        let width = 40;
-        let filled = done * width / total;
-        eprint!(
-            "\r[{}{}] {done}/{total} windows, {:.0} s",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            start.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     })?;
-    eprintln!();
+    bar.finish_and_clear();
     println!("model:      {}", common::shown(&dir));
     println!("tokens:     {} scored", result.tokens);
     println!("loss:       {:.6} nats/token", result.mean_nll());

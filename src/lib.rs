@@ -158,3 +158,9 @@ pub use config::Config;
 pub use model::{Gpt2, KvCache, Logits};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
+
+// The README's Rust code (the program of "Using the crate from another project"
+// among it) compiles: `cargo test --doc` checks it with the crate's own doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,11 +1,70 @@
-//! What the examples share: finding a model directory when none is given.
+//! What the examples share: how a failed run is reported, progress bars, and
+//! finding a model directory when none is given.
 #![allow(dead_code)] // each example uses part of it
 
 pub mod show;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Run an example's body and report its failure as a command-line tool does:
+/// one line on stderr, `error: <message>: caused by <cause>: caused by ...`,
+/// and exit status 1. No backtrace, even with `RUST_BACKTRACE=1`: a failed run
+/// is not a bug. A panic is one, and keeps Rust's own report and backtrace.
+/// Bad flags never get here: clap prints its usage error and exits with 2.
+///
+/// ```text
+/// fn main() -> ExitCode {
+///     common::run(try_main)
+/// }
+/// ```
+pub fn run(body: impl FnOnce() -> Result<()>) -> ExitCode {
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: ` and the error's chain, outermost first, joined by `: caused by `;
+/// a message written over several lines (the loader's list of bad tensors)
+/// has its lines joined by spaces. (The `Debug` form, which `main` returning
+/// `Result` prints, spreads the chain over several lines and appends a
+/// backtrace when `RUST_BACKTRACE` is set.)
+pub fn one_line(error: &anyhow::Error) -> String {
+    let messages: Vec<String> = error
+        .chain()
+        .map(|e| {
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            lines.join(" ")
+        })
+        .collect();
+    format!("error: {}", messages.join(": caused by "))
+}
+
+/// A progress bar on stderr for `len` steps of work that takes more than a
+/// second or two, hidden when `hidden` (e.g. `--json`) and, as indicatif's
+/// stderr target always is, when stderr is not a terminal (a pipe, a file,
+/// CI), so that only results reach the output.
+pub fn progress(len: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg} ({elapsed})")
+        .expect("a valid template")
+        .progress_chars("#>-");
+    ProgressBar::new(len).with_style(style)
+}
 
 /// Where the real GPT-2 files go (git-ignored), relative to the repository.
 pub const REAL_GPT2: &str = "models/gpt2";
@@ -25,7 +84,9 @@ fn repo(rel: &str) -> PathBuf {
 
 /// The model to run: `--model DIR` if given, else `models/gpt2`, else the
 /// bundled trained model, else the random golden model. Returns the directory
-/// and, when it fell back, one line saying so.
+/// and, when it fell back, one line saying so. Outside a clone of the
+/// repository (the published package has none of these), an error saying
+/// where a model comes from.
 pub fn resolve_model(arg: Option<PathBuf>) -> Result<(PathBuf, Option<String>)> {
     if let Some(dir) = arg {
         ensure!(
@@ -47,11 +108,18 @@ pub fn resolve_model(arg: Option<PathBuf>) -> Result<(PathBuf, Option<String>)> 
         );
         return Ok((bundled, Some(note)));
     }
+    let golden = repo(GOLDEN);
+    if !golden.join("config.json").is_file() {
+        bail!(
+            "no model: give one with --model DIR (a Hugging Face GPT-2 directory), or put GPT-2's \
+             files in {REAL_GPT2}/: {FETCH_HINT}"
+        );
+    }
     let note = format!(
         "note: {REAL_GPT2}/ is empty, so this runs {GOLDEN}, the test model: it has RANDOM weights \
          and predicts noise. Real GPT-2 weights go in {REAL_GPT2}/: {FETCH_HINT}"
     );
-    Ok((repo(GOLDEN), Some(note)))
+    Ok((golden, Some(note)))
 }
 
 /// `dir` relative to the current directory when it is inside it (for display).

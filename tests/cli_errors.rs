@@ -1,0 +1,182 @@
+//! The examples behave as command-line tools: a failed run prints one line,
+//! `error: <message>: caused by <cause>`, on stderr and exits with status 1,
+//! with no backtrace even when `RUST_BACKTRACE=1` is set; a bad flag is
+//! clap's usage error with status 2; and a run whose stderr is not a terminal
+//! draws no progress bar.
+//!
+//! The example binaries are built for this test by cargo itself (`cargo build
+//! --example ...`, same profile as the test), which finds them wherever the
+//! target directory is, and costs nothing when `cargo test` has built them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const EXAMPLES: [&str; 4] = ["next_token", "perplexity", "architecture", "inspect"];
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The path of an example's binary, all of [`EXAMPLES`] built once per run.
+fn example(name: &str) -> &'static Path {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        // This test's own binary is `<target>/<profile dir>/deps/cli_errors-<hash>`.
+        let exe = std::env::current_exe().expect("the test's path");
+        let profile = match exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+        {
+            Some(dir) if dir != "debug" => dir.to_string_lossy().into_owned(),
+            _ => "dev".to_string(),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "--quiet", "--message-format=json", "--profile"])
+            .arg(&profile)
+            .arg("--manifest-path")
+            .arg(repo("Cargo.toml"));
+        for name in EXAMPLES {
+            command.args(["--example", name]);
+        }
+        let out = command.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo build of the examples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One JSON message per line; an example's artifact names its binary.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "example")
+            .filter_map(|m| {
+                let name = m["target"]["name"].as_str()?.to_string();
+                Some((name, PathBuf::from(m["executable"].as_str()?)))
+            })
+            .collect()
+    });
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("cargo built no example {name}: {built:?}"))
+}
+
+/// Run an example with `RUST_BACKTRACE=1` (and anyhow's own switch) set.
+fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(example(name))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .output()
+        .expect("the example runs")
+}
+
+/// The run failed with status 1 and printed exactly one line on stderr,
+/// starting `error: `, and nothing on stdout; returns that line.
+fn one_error_line(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{name} {args:?}: exit status; stderr:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{name} {args:?}: stdout not empty");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{name} {args:?}: expected one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("error: ") && stderr.ends_with('\n'),
+        "{name} {args:?}: {stderr:?}"
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn a_missing_model_directory_is_one_line_and_status_1_in_every_example_even_with_rust_backtrace() {
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-model");
+    let m = missing.to_str().expect("a UTF-8 path");
+    for (name, args) in [
+        ("next_token", vec!["--model", m, "x"]),
+        ("perplexity", vec!["--model", m, "--file", "README.md"]),
+        ("architecture", vec!["--model", m]),
+        ("inspect", vec!["--model", m, "x"]),
+    ] {
+        let line = one_error_line(name, &args);
+        assert_eq!(line, format!("error: model directory {m} does not exist"));
+    }
+}
+
+#[test]
+fn the_causes_follow_the_message_on_the_same_line() {
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-text.txt");
+    let m = missing.to_str().expect("a UTF-8 path");
+    let line = one_error_line("perplexity", &["--model", "golden/model", "--file", m]);
+    let io = std::fs::read(&missing).expect_err("the file is missing");
+    assert_eq!(line, format!("error: cannot read {m}: caused by {io}"));
+
+    let ids = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-errors-truncated-ids.json");
+    std::fs::write(&ids, "[464, 3290").expect("write the ids");
+    let i = ids.to_str().expect("a UTF-8 path");
+    let line = one_error_line("perplexity", &["--model", "golden/model", "--ids", i]);
+    assert!(
+        line.starts_with(&format!(
+            "error: {i} is not a JSON list of token ids: caused by EOF while parsing a list"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_library_error_over_several_lines_is_printed_on_one() {
+    // The loader lists every tensor that does not fit, one per line.
+    let line = one_error_line("architecture", &["--model", "golden/bad/mismatch"]);
+    assert!(
+        line.starts_with("error: in golden/bad/mismatch/model.safetensors: caused by the checkpoint does not fit config.json (3 problems): - tensor h.0.attn.c_attn.weight has shape [24, 8]"),
+        "{line}"
+    );
+    assert!(line.contains(" - missing tensor h.1.ln_2.bias"), "{line}");
+}
+
+#[test]
+fn a_bad_flag_is_claps_usage_error_with_status_2() {
+    let out = run("next_token", &["--no-such-flag", "x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unexpected argument '--no-such-flag' found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Usage: next_token"), "{stderr}");
+}
+
+#[test]
+fn a_run_off_a_terminal_prints_its_results_and_no_progress_bar() {
+    let ids = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-errors-ids.json");
+    let list: Vec<String> = (0..300).map(|i| (i * 7 % 50257).to_string()).collect();
+    std::fs::write(&ids, format!("[{}]", list.join(","))).expect("write the ids");
+    let i = ids.to_str().expect("a UTF-8 path");
+    let out = run(
+        "perplexity",
+        &["--model", "golden/model", "--ids", i, "--stride", "64"],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("tokens:     299 scored"), "{stdout}");
+    // stderr holds the one line saying what runs, and no bar.
+    assert_eq!(
+        stderr, "300 tokens, windows of 128 every 64\n",
+        "a progress bar was drawn into a pipe"
+    );
+}
