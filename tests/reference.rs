@@ -366,6 +366,8 @@ fn reference_tier_uses_no_kernel_no_threads_no_unsafe() {
             "gemm",
             "fastmath",
             "simd",
+            "kernels",
+            "blocks",
         ] {
             assert!(!code.contains(word), "{} uses {word:?}", path.display());
         }

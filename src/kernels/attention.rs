@@ -3,6 +3,9 @@
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+#[cfg(doc)]
+use crate::reference;
+
 use super::fastmath::{self, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS};
 
@@ -52,7 +55,7 @@ pub fn multi_head_attention(
     scale: f32,
     key_mask: Option<ArrayView1<bool>>,
 ) -> Array2<f32> {
-    attend_heads(q, k, v, n_head, scale, key_mask, false).0
+    attend(q, k, v, n_head, scale, key_mask, false).0
 }
 
 /// [`multi_head_attention`] that also returns every head's scores and probabilities,
@@ -67,11 +70,16 @@ pub fn multi_head_attention_with_maps(
     scale: f32,
     key_mask: Option<ArrayView1<bool>>,
 ) -> (Array2<f32>, AttentionMaps) {
-    let (merged, maps) = attend_heads(q, k, v, n_head, scale, key_mask, true);
+    let (merged, maps) = attend(q, k, v, n_head, scale, key_mask, true);
     (merged, maps.expect("maps were requested"))
 }
 
-fn attend_heads(
+/// Multi-head causal attention, keeping every head's scores and
+/// probabilities `[n_head, Tq, Tk]` when `keep_maps` (what a trace records
+/// and [`inspect`](crate::inspect) draws). The fast twin of
+/// [`reference::split_heads`] → [`reference::multi_head_attention`] →
+/// [`reference::merge_heads`]: `q: [Tq, C]`, `k, v: [Tk, C]` → `[Tq, C]`.
+pub fn attend(
     q: ArrayView2<f32>,
     k: ArrayView2<f32>,
     v: ArrayView2<f32>,

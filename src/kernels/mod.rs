@@ -33,7 +33,7 @@ pub mod linear;
 pub mod norm;
 pub mod softmax;
 
-pub use attention::{multi_head_attention, multi_head_attention_with_maps, AttentionMaps};
+pub use attention::{attend, multi_head_attention, multi_head_attention_with_maps, AttentionMaps};
 pub use linear::{conv1d, matmul};
 pub use norm::layer_norm;
 pub use softmax::{softmax, softmax_inplace, softmax_slice};

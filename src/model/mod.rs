@@ -20,9 +20,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::Dtype;
 use crate::config::Config;
-use crate::kernels::{
-    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps,
-};
+use crate::kernels::{attend, conv1d, layer_norm, matmul, AttentionMaps};
 use crate::trace::Trace;
 use crate::weights::{Conv1D, LayerNorm, Matrix};
 
@@ -254,70 +252,77 @@ impl Gpt2 {
         let c = self.config.n_embd;
         let qkv = conv1d(x, &attn.c_attn); // [T, 3C]
         trace.record_in(i, "attn.c_attn", qkv.view());
-        let (q, k_new, v_new) = (
+        let (q, k, v) = (
             qkv.slice(s![.., ..c]),
             qkv.slice(s![.., c..2 * c]),
             qkv.slice(s![.., 2 * c..]),
         );
         for seq in sequences.iter_mut() {
             let rows = s![seq.rows.clone(), ..];
-            seq.cache.append(i, k_new.slice(rows), v_new.slice(rows));
+            seq.cache.append(i, k.slice(rows), v.slice(rows));
         }
-        let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
         // The queries that attend: every row, or the kept one of each sequence.
-        let kept_queries;
+        let kept;
         let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
             Some(rows) => {
-                kept_queries = q.select(Axis(0), rows);
-                (
-                    kept_queries.view(),
-                    (0..rows.len()).map(|r| r..r + 1).collect(),
-                )
+                kept = q.select(Axis(0), rows);
+                (kept.view(), (0..rows.len()).map(|r| r..r + 1).collect())
             }
             None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
         };
-
-        let traced = ["attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs"];
-        let merged = match &*sequences {
-            [seq] if traced.iter().any(|step| trace.wants_in(i, step)) => {
-                let (k, v) = seq.cache.keys_values(i); // [Tk, C] each: cached positions and these
-                for (name, t) in [("attn.q", q), ("attn.k", k), ("attn.v", v)] {
-                    trace.record_in(i, name, split_heads(t, n_head).view());
-                }
-                let key_mask = seq.cache.key_mask();
-                let (merged, maps) =
-                    multi_head_attention_with_maps(q, k, v, n_head, scale, key_mask);
-                trace.record_in(i, "attn.scores", maps.scores.view());
-                trace.record_in(i, "attn.probs", maps.probs.view());
-                merged
-            }
-            _ => {
-                // Each sequence attends over its own cache, into its own rows.
-                let mut merged = Array2::zeros((q.nrows(), c));
-                let mut rest = merged.view_mut();
-                let mut outputs = Vec::with_capacity(sequences.len());
-                for rows in &query_rows {
-                    let (out, tail) = rest.split_at(Axis(0), rows.len());
-                    outputs.push(out);
-                    rest = tail;
-                }
-                outputs
-                    .into_par_iter()
-                    .zip(sequences.par_iter())
-                    .zip(&query_rows)
-                    .for_each(|((mut out, seq), rows)| {
-                        let (k, v) = seq.cache.keys_values(i);
-                        let q = q.slice(s![rows.clone(), ..]);
-                        let key_mask = seq.cache.key_mask();
-                        out.assign(&multi_head_attention(q, k, v, n_head, scale, key_mask));
-                    });
-                merged
-            }
-        }; // [T, C]
+        let merged = self.attend(i, q, &query_rows, sequences, trace); // [T, C]
         trace.record_in(i, "attn.merged", merged.view());
         let out = conv1d(merged.view(), &attn.c_proj); // [T, C]
         trace.record_in(i, "attn.c_proj", out.view());
         out
+    }
+
+    /// Every head of block `i`: each sequence's queries (its rows
+    /// `query_rows` of `q`) attend over its own cache, into the same rows of
+    /// the result `[T, C]`; sequences and heads in parallel. A trace of one
+    /// sequence may also ask for `q`, `k`, `v` `[n_head, T, d]` and the maps
+    /// `[n_head, Tq, Tk]`: the same kernel then keeps them as it goes.
+    fn attend(
+        &self,
+        i: usize,
+        q: ArrayView2<f32>,
+        query_rows: &[Range<usize>],
+        sequences: &[Sequence<'_>],
+        trace: &mut Trace,
+    ) -> Array2<f32> {
+        let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
+        let one = sequences.len() == 1;
+        if let [seq] = sequences {
+            let (k, v) = seq.cache.keys_values(i); // [Tk, C] each: cached positions and these
+            for (name, t) in [("attn.q", q.view()), ("attn.k", k), ("attn.v", v)] {
+                if trace.wants_in(i, name) {
+                    trace.record_in(i, name, split_heads(t, n_head).view());
+                }
+            }
+        }
+        let keep_maps = one
+            && ["attn.scores", "attn.probs"]
+                .iter()
+                .any(|m| trace.wants_in(i, m));
+
+        let mut heads: Vec<(Array2<f32>, Option<AttentionMaps>)> = sequences
+            .par_iter()
+            .zip(query_rows)
+            .map(|(seq, rows)| {
+                let (k, v) = seq.cache.keys_values(i);
+                let q = q.slice(s![rows.clone(), ..]);
+                attend(q, k, v, n_head, scale, seq.cache.key_mask(), keep_maps)
+            })
+            .collect();
+        if let [(merged, maps)] = &mut heads[..] {
+            if let Some(maps) = maps {
+                trace.record_in(i, "attn.scores", maps.scores.view());
+                trace.record_in(i, "attn.probs", maps.probs.view());
+            }
+            return std::mem::take(merged);
+        }
+        let outputs: Vec<ArrayView2<f32>> = heads.iter().map(|(out, _)| out.view()).collect();
+        ndarray::concatenate(Axis(0), &outputs).expect("every sequence's output is [T_b, C]")
     }
 
     /// The MLP of block `i`: `c_proj(act(c_fc(x)))`, `[T, C]` → `[T, n_inner]` → `[T, C]`.
