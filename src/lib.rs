@@ -124,6 +124,6 @@ pub mod tokenizer;
 pub mod trace;
 
 pub use config::Config;
-pub use model::{Gpt2, KvCache, Logits};
+pub use model::{Gpt2, KvCache, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
