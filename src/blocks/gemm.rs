@@ -121,6 +121,9 @@ pub fn product(
             return few_rows(a, w, n, c, output, threads);
         }
     }
+    if m <= DOT_TILES_MAX_ROWS && b.strides()[0] == 1 && fused_multiply_add() {
+        return dot_tiles(a, b, c, output, threads);
+    }
     gemm(a, b, c.view_mut(), output, threads);
 }
 
@@ -468,4 +471,122 @@ fn gemv_columns(
         Threads::Pool => c_bands.into_par_iter().zip(b_bands).for_each(band),
         Threads::Caller => c_bands.zip(b_bands).for_each(band),
     }
+}
+
+/// Products with at most this many rows on the left (and more than
+/// [`GEMV_MAX_ROWS`]) and a matrix with contiguous columns on the right (the
+/// tied head `wteᵀ`: a batch of decoding steps) use the register-tiled dot
+/// products of [`dot_tiles`] where the CPU fuses multiply–add.
+pub const DOT_TILES_MAX_ROWS: usize = 64;
+/// Rows of `a` × columns of `b` per register tile of [`dot_tiles`].
+const DOT_ROWS: usize = 2;
+const DOT_COLS: usize = 4;
+/// Vector lanes of each of the tile's partial sums.
+const DOT_LANES: usize = 8;
+
+/// `c (+)= a · b` for a few rows of `a: [m, k]` and a `b: [k, n]` whose
+/// columns are contiguous (`wteᵀ`, read in place): every column of `b` is
+/// read from memory once for all the rows.
+///
+/// Each task owns a band of [`GEMV_COLS`] columns. Within it, a tile of
+/// 2 rows × 4 columns keeps its eight dot products as eight vectors of
+/// partial sums in registers: per 8 numbers along `k`, two loads of `a`,
+/// four of `b` (from the L1 cache after the first row pair) and eight fused
+/// multiply–adds. A dot product of a tile is its 8 lanes of `mul_add`
+/// chains, folded pairwise, plus the tail past the last multiple of 8 in
+/// order; the rows and columns left over at the edges use the same sums
+/// one at a time (the same bits), so every output is the same whatever the
+/// tile, the band or the thread count.
+fn dot_tiles(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
+    let a = a.as_standard_layout();
+    let rows: Vec<&[f32]> = a
+        .rows()
+        .into_iter()
+        .map(|r| r.to_slice().expect("standard layout"))
+        .collect();
+    let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<f32>)| {
+        let columns: Vec<&[f32]> = b_band
+            .columns()
+            .into_iter()
+            .map(|col| col.to_slice().expect("unit row stride"))
+            .collect();
+        dot_tiles_band(&rows, &columns, c_band, output);
+    };
+    let (c_bands, b_bands) = (
+        c.axis_chunks_iter_mut(Axis(1), GEMV_COLS),
+        b.axis_chunks_iter(Axis(1), GEMV_COLS),
+    );
+    match threads {
+        Threads::Pool => c_bands.into_par_iter().zip(b_bands).for_each(band),
+        Threads::Caller => c_bands.zip(b_bands).for_each(band),
+    }
+}
+
+simd_targets! {
+    /// The loop of [`dot_tiles`] over one band: `c[i, j] (+)= rows[i] · columns[j]`.
+    fn dot_tiles_band(rows: &[&[f32]], columns: &[&[f32]], mut c: ArrayViewMut2<f32>, output: Output) {
+        let (m, n) = (rows.len(), columns.len());
+        let (whole_rows, whole_cols) = (m - m % DOT_ROWS, n - n % DOT_COLS);
+        for j0 in (0..whole_cols).step_by(DOT_COLS) {
+            let w: [&[f32]; DOT_COLS] = std::array::from_fn(|c| columns[j0 + c]);
+            for i0 in (0..whole_rows).step_by(DOT_ROWS) {
+                let x: [&[f32]; DOT_ROWS] = std::array::from_fn(|r| rows[i0 + r]);
+                let sums = dot_tile(x, w);
+                for (r, row) in sums.iter().enumerate() {
+                    for (cc, &v) in row.iter().enumerate() {
+                        output.store(&mut c[[i0 + r, j0 + cc]], v);
+                    }
+                }
+            }
+        }
+        // The edges: one dot product at a time, the same sums.
+        for i in 0..m {
+            let first = if i < whole_rows { whole_cols } else { 0 };
+            for j in first..n {
+                let v = dot_tile([rows[i]], [columns[j]])[0][0];
+                output.store(&mut c[[i, j]], v);
+            }
+        }
+    }
+}
+
+/// `sums[r][c] = x[r] · w[c]` for `R` rows and `C` columns of equal length:
+/// [`DOT_LANES`] chains of `mul_add` each, folded pairwise, plus the tail.
+#[inline(always)]
+fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C]) -> [[f32; C]; R] {
+    let k = x[0].len();
+    let body = k - k % DOT_LANES;
+    let mut acc = [[[0.0f32; DOT_LANES]; C]; R];
+    for l0 in (0..body).step_by(DOT_LANES) {
+        let xs: [&[f32; DOT_LANES]; R] =
+            std::array::from_fn(|r| x[r][l0..l0 + DOT_LANES].try_into().expect("lanes"));
+        let ws: [&[f32; DOT_LANES]; C] =
+            std::array::from_fn(|c| w[c][l0..l0 + DOT_LANES].try_into().expect("lanes"));
+        for r in 0..R {
+            for c in 0..C {
+                for l in 0..DOT_LANES {
+                    acc[r][c][l] = xs[r][l].mul_add(ws[c][l], acc[r][c][l]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|c| {
+            let mut lanes = acc[r][c];
+            let mut width = DOT_LANES;
+            while width > 1 {
+                width /= 2;
+                for l in 0..width {
+                    lanes[l] += lanes[l + width];
+                }
+            }
+            (body..k).fold(lanes[0], |s, l| x[r][l].mul_add(w[c][l], s))
+        })
+    })
 }
