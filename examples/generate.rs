@@ -169,7 +169,7 @@ fn generate_file(
             .with_context(|| format!("the batch of prompts {}..", first + 1))?;
         let mut outputs = vec![String::new(); ids.len()];
         let mut counts = vec![0usize; ids.len()];
-        while let Some(steps) = batch.next() {
+        for steps in batch.by_ref() {
             let steps = steps?;
             for step in &steps {
                 outputs[step.index].push_str(&step.text);
