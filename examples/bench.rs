@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example bench                     # 1 and 2 threads
 //! cargo run --release --example bench -- --threads 2 --json target/bench-rust.json
+//! cargo run --release --example bench -- --threads 2 --batched-decoding-only
 //! ```
 
 mod common;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gpt2_ndarray::generate::{generate, GenerateOptions, Rng};
+use gpt2_ndarray::generate::{generate, generate_batch, GenerateOptions, Rng};
 use gpt2_ndarray::kernels::fastmath::sum_lanes;
 use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
 use gpt2_ndarray::{Config, Gpt2, Tokenizer};
@@ -36,6 +37,10 @@ struct Args {
     /// Fewer repetitions (for a quick look).
     #[arg(long)]
     quick: bool,
+    /// Only the batched decoding cases (B = 1, 4, 8, 32), written to
+    /// `target/bench-rust-batched.json` unless --json says where.
+    #[arg(long)]
+    batched_decoding_only: bool,
     /// Internal: measure peak memory of load + T=1024 prefill + 128 tokens in this process.
     #[arg(long, hide = true)]
     rss_probe: Option<PathBuf>,
@@ -46,8 +51,17 @@ const DECODE_PROMPT: usize = 16;
 const DECODE_NEW: usize = 128;
 const BATCH: (usize, usize) = (8, 128);
 /// Steps of the progress bar per thread count: the machine twice, first
-/// logits, each prefill, decoding and the batch.
-const STEPS: usize = 2 + 1 + PREFILL.len() + 1 + 1;
+/// logits, each prefill, decoding, the batch and batched decoding.
+const STEPS: usize = 2 + 1 + PREFILL.len() + 1 + 1 + 1;
+/// Batched greedy decoding: batch sizes, new tokens per prompt, and prompt
+/// lengths (prompt `b` has `10 + b % 5` tokens, ~12 on average: a ragged
+/// batch, left-padded on the transformers side).
+const BATCHED_DECODING: [usize; 4] = [1, 4, 8, 32];
+const BATCHED_NEW: usize = 64;
+
+fn batched_prompt_len(b: usize) -> usize {
+    10 + b % 5
+}
 
 fn main() -> ExitCode {
     common::run(try_main)
@@ -73,6 +87,32 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     let tokenizer =
         Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
     let reps = if args.quick { 1 } else { 3 };
+    if args.batched_decoding_only {
+        let model = Gpt2::from_dir(dir)?;
+        let mut runs = Vec::new();
+        for &threads in &args.threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            eprintln!("measuring batched decoding with {threads} thread(s)...");
+            let cases = pool.install(|| batched_decoding(&model, &tokenizer, reps))?;
+            runs.push(json!({"threads": threads, "batched_decoding": cases}));
+        }
+        let report =
+            json!({"model": "gpt2 (124M, random weights, f32, safetensors)", "runs": runs});
+        print_batched(&report);
+        let path = if args.json == Path::new("target/bench-rust.json") {
+            PathBuf::from("target/bench-rust-batched.json")
+        } else {
+            args.json.clone()
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("JSON written to {}", path.display());
+        return Ok(());
+    }
     let mut runs = Vec::new();
     // Drawn between measurements only (no ticking thread to disturb them).
     let bar = common::progress((args.threads.len() * STEPS + 1) as u64, false);
@@ -172,6 +212,10 @@ fn measure(
     let batch_flops = b as f64 * prefill_flops(&cfg, t);
     bar.inc(1);
 
+    step("batched decoding");
+    let batched = batched_decoding(&model, tokenizer, reps)?;
+    bar.inc(1);
+
     step("machine");
     let machine_after = (read_bandwidth_gbs(), matmul_gflops());
     bar.inc(1);
@@ -204,7 +248,68 @@ fn measure(
             "fraction_of_bandwidth_limit": (1.0 / per_token) / limit_tok_s,
         },
         "batched_prefill": {"batch": b, "t": t, "seconds": batch, "gflop": batch_flops / 1e9, "fraction_of_matmul_rate": batch_flops / batch / (gflops * 1e9)},
+        "batched_decoding": batched,
     }))
+}
+
+/// Batched greedy decoding through the public API (`generate_batch`):
+/// `BATCHED_NEW` tokens for each of B ragged prompts, prefill included; the
+/// figure is the tokens generated over the whole run's time, best of `reps`
+/// (of 2 at most).
+fn batched_decoding(model: &Gpt2, tokenizer: &Tokenizer, reps: usize) -> Result<Value> {
+    let options = GenerateOptions {
+        max_new_tokens: BATCHED_NEW,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let mut rng = Rng::new(7);
+    let mut cases = serde_json::Map::new();
+    for b in BATCHED_DECODING {
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                (0..batched_prompt_len(i))
+                    .map(|_| (rng.next_u64() % 50000) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut generated = 0;
+        let secs = best_of(reps.min(2), || {
+            let out = generate_batch(model, tokenizer, &prompts, &options).expect("batch");
+            generated = out.iter().map(Vec::len).sum();
+        })
+        .as_secs_f64();
+        anyhow::ensure!(generated == b * BATCHED_NEW, "generated {generated} tokens");
+        eprintln!("  B={b}: {:.1} tok/s", generated as f64 / secs);
+        cases.insert(
+            b.to_string(),
+            json!({"batch": b, "new_tokens": BATCHED_NEW, "seconds": secs,
+                   "tokens_per_second": generated as f64 / secs}),
+        );
+    }
+    Ok(Value::Object(cases))
+}
+
+fn print_batched(report: &Value) {
+    println!(
+        "\nbatched greedy decoding (generate_batch, {BATCHED_NEW} new tokens, ~12-token prompts)"
+    );
+    for run in report["runs"].as_array().into_iter().flatten() {
+        let cases = &run["batched_decoding"];
+        let single = cases["1"]["tokens_per_second"].as_f64().unwrap_or(f64::NAN);
+        println!("\n{} thread(s)", run["threads"]);
+        println!("  {:<10} {:>12} {:>14}", "batch", "tok/s", "vs B=1");
+        for b in BATCHED_DECODING {
+            let tok_s = cases[b.to_string()]["tokens_per_second"]
+                .as_f64()
+                .unwrap_or(0.0);
+            println!(
+                "  {:<10} {:>12.1} {:>13.2}×",
+                format!("B={b}"),
+                tok_s,
+                tok_s / single
+            );
+        }
+    }
 }
 
 /// FLOPs of a prefill of `t` tokens to the last position's logits: every
@@ -403,4 +508,5 @@ fn print_table(report: &Value) {
         "\npeak resident memory (load + T=1024 prefill + 128 tokens, 2 threads default): {:.0} MB",
         report["peak_rss_mb"].as_f64().unwrap_or(0.0)
     );
+    print_batched(report);
 }

@@ -4,6 +4,8 @@
 //! cargo run --release --example generate -- "In the beginning God created"
 //! cargo run --release --example generate -- --sample --temperature 0.8 --top-k 40 --top-p 0.95 \
 //!     --repetition-penalty 1.2 --seed 7 --max-new-tokens 60 "And the LORD said unto Moses"
+//! # one prompt per line, decoded 8 at a time, one JSON line per prompt
+//! cargo run --release --example generate -- --prompts prompts.txt --batch-size 8 --json
 //! ```
 
 mod common;
@@ -13,15 +15,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use gpt2_ndarray::generate::{GenerateOptions, Generation};
+use gpt2_ndarray::generate::{BatchGeneration, GenerateOptions, Generation};
+use gpt2_ndarray::{Gpt2, Tokenizer};
+use serde_json::json;
 
 /// Continue a prompt with a GPT-2, printing the text as it is generated.
 #[derive(Parser)]
 struct Args {
-    /// The prompt.
-    prompt: String,
+    /// The prompt (or --prompts FILE).
+    #[arg(required_unless_present = "prompts", conflicts_with = "prompts")]
+    prompt: Option<String>,
+    /// Generate for every line of this file (empty lines skipped), as batches.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// With --prompts: sequences decoded together in one batch (≥ 1).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// With --prompts: one JSON line per prompt on stdout
+    /// (`{"prompt", "text", "ids", "stop_reason"}`), no progress bar.
+    #[arg(long)]
+    json: bool,
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -60,7 +75,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     let args = Args::parse();
-    let (_, model, tokenizer) = common::load_model(args.model)?;
+    let (_, model, tokenizer) = common::load_model(args.model.clone())?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         do_sample: args.sample,
@@ -70,14 +85,18 @@ fn try_main() -> Result<()> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
         stop_at_end_of_text: !args.ignore_eos,
-        stop_strings: args.stop_strings,
+        stop_strings: args.stop_strings.clone(),
     };
-    let prompt = tokenizer.encode(&args.prompt)?;
+    if let Some(path) = &args.prompts {
+        return generate_file(&model, &tokenizer, path, &args, options);
+    }
+    let prompt_text = args.prompt.clone().unwrap_or_default();
+    let prompt = tokenizer.encode(&prompt_text)?;
 
     let start = Instant::now();
     let mut generation = Generation::new(&model, &tokenizer, &prompt, options)?;
     let prefill = start.elapsed();
-    print!("{}", args.prompt);
+    print!("{prompt_text}");
     let start = Instant::now();
     for step in &mut generation {
         print!("{}", step?.text);
@@ -95,6 +114,95 @@ fn try_main() -> Result<()> {
         prefill.as_secs_f64() * 1e3,
         decode.as_secs_f64(),
         n as f64 / decode.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--prompts FILE`: every line a prompt, decoded `--batch-size` at a time
+/// (each batch one [`BatchGeneration`]); the results in the file's order, as
+/// text or as JSON lines; a progress bar on a terminal; throughput at the end.
+fn generate_file(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    path: &std::path::Path,
+    args: &Args,
+    options: GenerateOptions,
+) -> Result<()> {
+    ensure!(
+        args.batch_size >= 1,
+        "--batch-size is 0: at least one prompt per batch"
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the prompts from {}", path.display()))?;
+    let prompts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(
+        !prompts.is_empty(),
+        "{} has no prompts (one per line)",
+        path.display()
+    );
+    let encoded = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            tokenizer
+                .encode(p)
+                .with_context(|| format!("prompt {}", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    // Hidden with --json, and whenever stderr is not a terminal.
+    let bar = common::progress((prompts.len() * options.max_new_tokens) as u64, args.json);
+    bar.set_message("tokens");
+    let start = Instant::now();
+    let mut generated_tokens = 0;
+    let mut stdout = std::io::stdout().lock();
+    for (chunk, (texts, ids)) in prompts
+        .chunks(args.batch_size)
+        .zip(encoded.chunks(args.batch_size))
+        .enumerate()
+    {
+        let first = chunk * args.batch_size;
+        let mut batch = BatchGeneration::new(model, tokenizer, ids, options.clone())
+            .with_context(|| format!("the batch of prompts {}..", first + 1))?;
+        let mut outputs = vec![String::new(); ids.len()];
+        let mut counts = vec![0usize; ids.len()];
+        for steps in batch.by_ref() {
+            let steps = steps?;
+            for step in &steps {
+                outputs[step.index].push_str(&step.text);
+                counts[step.index] += 1;
+                if step.stop.is_some() {
+                    // What it did not use of its token budget.
+                    bar.inc((options.max_new_tokens - counts[step.index]) as u64);
+                }
+            }
+            bar.inc(steps.len() as u64);
+        }
+        for (b, prompt) in texts.iter().enumerate() {
+            outputs[b].push_str(&batch.finish_text(b));
+            let new_ids = batch.generated(b);
+            generated_tokens += new_ids.len();
+            let reason = batch
+                .stop_reason(b)
+                .map_or("stopped".into(), |r| format!("{r:?}"));
+            bar.suspend(|| -> Result<()> {
+                if args.json {
+                    let line = json!({"prompt": prompt, "text": outputs[b], "ids": new_ids, "stop_reason": reason});
+                    writeln!(stdout, "{line}")?;
+                } else {
+                    writeln!(stdout, "{prompt}{}\n[{reason}]\n", outputs[b])?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompts in batches of {} | {generated_tokens} new tokens in {secs:.2} s = {:.1} tokens/s]",
+        prompts.len(),
+        args.batch_size,
+        generated_tokens as f64 / secs
     );
     Ok(())
 }

@@ -24,6 +24,13 @@ Usage:
     python3 python_ref/bench_torch.py                       # 1 and 2 threads
     python3 python_ref/bench_torch.py --threads 2 --json target/bench-torch.json
     python3 python_ref/bench_torch.py --quick               # 1 repetition each
+    python3 python_ref/bench_torch.py --threads 2 --batched-decoding-only
+
+Batched decoding is `generate(do_sample=False)` of 64 new tokens (exactly:
+`min_new_tokens` too) for B = 1, 4, 8, 32 prompts of 10 to 14 tokens,
+left-padded with the attention mask, as `examples/bench.rs` runs
+`generate_batch` on prompts of the same lengths; prefill included, the figure
+is the tokens generated over the whole call's time.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ PREFILL = [1, 16, 128, 512, 1024]
 DECODE_PROMPT = 16
 DECODE_NEW = 128
 BATCH = (8, 128)
+BATCHED_DECODING = [1, 4, 8, 32]
+BATCHED_NEW = 64
 ATTENTION = ["sdpa", "eager"]  # sdpa is transformers' default
 # The two ways of asking for the next-token logits of a prompt.
 HEADS = {"all logits": {}, "logits_to_keep=1": {"logits_to_keep": 1}}
@@ -209,6 +218,71 @@ def measure_variant(directory: Path, attention: str, reps: int) -> dict:
     return out
 
 
+def batched_prompt_len(b: int) -> int:
+    """Length of prompt `b` of a batched-decoding case (as in examples/bench.rs)."""
+    return 10 + b % 5
+
+
+def batched_decoding(directory: Path, reps: int) -> dict:
+    """Greedy `generate` on left-padded batches of B ragged prompts, with
+    each attention implementation; the fastest per batch size is reported."""
+    generator = torch.Generator().manual_seed(7)
+    cases: dict[str, dict] = {}
+    prompts = {
+        b: [random_ids(generator, batched_prompt_len(i))[None] for i in range(b)]
+        for b in BATCHED_DECODING
+    }
+    for attention in ATTENTION:
+        model = load(directory, attention)
+        eos = model.config.eos_token_id
+        for b in BATCHED_DECODING:
+            width = max(p.shape[1] for p in prompts[b])
+            ids = torch.full((b, width), eos)
+            mask = torch.zeros((b, width), dtype=torch.long)
+            for i, p in enumerate(prompts[b]):
+                ids[i, width - p.shape[1] :] = p[0]
+                mask[i, width - p.shape[1] :] = 1
+
+            def run():
+                out = model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=BATCHED_NEW,
+                    min_new_tokens=BATCHED_NEW,
+                    do_sample=False,
+                    pad_token_id=eos,
+                )
+                assert out.shape == (b, width + BATCHED_NEW)
+
+            secs = best_of(min(reps, 2), run)
+            print(f"  B={b} {attention}: {b * BATCHED_NEW / secs:.1f} tok/s", file=sys.stderr)
+            case = cases.setdefault(str(b), {"batch": b, "new_tokens": BATCHED_NEW, "variants": {}})
+            case["variants"][f"{attention}, generate()"] = b * BATCHED_NEW / secs
+        del model
+        gc.collect()
+    for case in cases.values():
+        variant = max(case["variants"], key=case["variants"].get)
+        case["variant"] = variant
+        case["tokens_per_second"] = case["variants"][variant]
+        case["seconds"] = case["batch"] * BATCHED_NEW / case["tokens_per_second"]
+    return cases
+
+
+def print_batched(report: dict) -> None:
+    print(f"\ntransformers batched greedy decoding ({BATCHED_NEW} new tokens, left-padded)")
+    for run in report["runs"]:
+        cases = run["batched_decoding"]
+        single = cases["1"]["tokens_per_second"]
+        print(f"\n{run['threads']} thread(s)")
+        print(f"  {'batch':<10} {'tok/s':>12} {'vs B=1':>14}  fastest variant")
+        for b in BATCHED_DECODING:
+            c = cases[str(b)]
+            print(
+                f"  {f'B={b}':<10} {c['tokens_per_second']:>12.1f}"
+                f" {c['tokens_per_second'] / single:>13.2f}x  {c['variant']}"
+            )
+
+
 def fastest(variants: dict[str, float]) -> tuple[str, float]:
     name = min(variants, key=variants.get)
     return name, variants[name]
@@ -248,6 +322,8 @@ def measure(directory: Path, config: GPT2Config, threads: int, reps: int) -> dic
     batch_variant, batch_secs = fastest(cases["batch"])
     b, t = BATCH
     batch_flops = b * prefill_flops(config, t)
+    with torch.inference_mode():
+        batched = batched_decoding(directory, reps)
     return {
         "threads": threads,
         "machine": {"read_bandwidth_gbs": bandwidth, "matmul_gflops": gflops},
@@ -274,6 +350,7 @@ def measure(directory: Path, config: GPT2Config, threads: int, reps: int) -> dic
             "variant": batch_variant,
             "variants": cases["batch"],
         },
+        "batched_decoding": batched,
     }
 
 
@@ -322,6 +399,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--json", default="target/bench-torch.json", type=Path)
     parser.add_argument("--quick", action="store_true", help="one repetition of each case")
+    parser.add_argument(
+        "--batched-decoding-only",
+        action="store_true",
+        help="only batched decoding (B = 1, 4, 8, 32); JSON to target/bench-torch-batched.json",
+    )
     parser.add_argument("--rss-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rss-head", default="logits_to_keep=1", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,6 +412,30 @@ def main() -> None:
 
     reps = 1 if args.quick else 3
     threads = [int(n) for n in args.threads.split(",")]
+    if args.batched_decoding_only:
+        path = args.json
+        if path == Path("target/bench-torch.json"):
+            path = Path("target/bench-torch-batched.json")
+        with tempfile.TemporaryDirectory(prefix="gpt2-torch-bench-") as tmp:
+            directory = Path(tmp)
+            write_random_gpt2(directory)
+            runs = []
+            for n in threads:
+                torch.set_num_threads(n)
+                print(f"batched decoding with {n} thread(s)...", file=sys.stderr, flush=True)
+                with torch.inference_mode():
+                    runs.append({"threads": n, "batched_decoding": batched_decoding(directory, reps)})
+        report = {
+            "model": "gpt2 (124M, random weights, f32, safetensors) — transformers generate()",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+            "runs": runs,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print_batched(report)
+        print(f"JSON written to {path}", file=sys.stderr)
+        return
     with tempfile.TemporaryDirectory(prefix="gpt2-torch-bench-") as tmp:
         directory = Path(tmp)
         print(f"writing a random GPT-2 small (f32) to {directory}", file=sys.stderr)
@@ -356,6 +462,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print_table(report)
+    print_batched(report)
     print(f"JSON written to {args.json}", file=sys.stderr)
 
 

@@ -8,12 +8,12 @@
 //! applies them — and pick the next token: the argmax, or a draw from the
 //! softmax with a seeded generator.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
 use crate::kernels::softmax;
-use crate::model::{Gpt2, KvCache, Logits};
+use crate::model::{Gpt2, KvCache, Logits, SequenceStep};
 use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;
 
@@ -375,6 +375,27 @@ impl<'a> Generation<'a> {
         mask: Option<&[bool]>,
         options: GenerateOptions,
     ) -> Result<Self> {
+        let mut generation = Self::unprefilled(model, tokenizer, prompt, mask, options)?;
+        let logits = model.forward_step(
+            prompt,
+            mask,
+            &mut generation.cache,
+            Logits::Last,
+            &mut Trace::off(),
+        )?;
+        generation.logits = logits.row(0).to_owned();
+        Ok(generation)
+    }
+
+    /// A generation whose prompt has not run yet: options checked, an empty
+    /// cache, no logits (the caller runs the prefill and stores them).
+    fn unprefilled(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        prompt: &[u32],
+        mask: Option<&[bool]>,
+        options: GenerateOptions,
+    ) -> Result<Self> {
         options.validate()?;
         if let Some(mask) = mask {
             ensure!(
@@ -382,9 +403,6 @@ impl<'a> Generation<'a> {
                 "the prompt is all padding: there is no token to continue"
             );
         }
-        let mut cache = KvCache::new(model.config.n_layer);
-        let logits =
-            model.forward_step(prompt, mask, &mut cache, Logits::Last, &mut Trace::off())?;
         let ids: Vec<u32> = match mask {
             Some(mask) => prompt
                 .iter()
@@ -399,10 +417,10 @@ impl<'a> Generation<'a> {
             tokenizer,
             rng: Rng::new(options.seed),
             options,
-            cache,
+            cache: KvCache::new(model.config.n_layer),
             prompt_len: ids.len(),
             ids,
-            logits: logits.row(0).to_owned(),
+            logits: Array1::zeros(0),
             stream: TextStream::default(),
             text: String::new(),
             end_of_text: tokenizer.end_of_text(),
@@ -434,6 +452,23 @@ impl<'a> Generation<'a> {
     /// Choose the next token, then (unless a stop rule fires) run it through
     /// the model to get the logits of the one after.
     fn step(&mut self) -> Result<Step> {
+        let step = self.choose_next()?;
+        if self.stop.is_none() {
+            let logits = self.model.forward_step(
+                &[step.id],
+                None,
+                &mut self.cache,
+                Logits::Last,
+                &mut Trace::off(),
+            )?;
+            self.logits = logits.row(0).to_owned();
+        }
+        Ok(step)
+    }
+
+    /// The first half of a step: choose the next token from the logits,
+    /// append it, and apply the stop rules (which set `self.stop`).
+    fn choose_next(&mut self) -> Result<Step> {
         let id = choose(self.logits.view(), &self.ids, &self.options, &mut self.rng);
         self.ids.push(id);
         let text = self.stream.push(&self.tokenizer.token_bytes(id)?);
@@ -456,16 +491,6 @@ impl<'a> Generation<'a> {
         } else {
             None
         };
-        if self.stop.is_none() {
-            let logits = self.model.forward_step(
-                &[id],
-                None,
-                &mut self.cache,
-                Logits::Last,
-                &mut Trace::off(),
-            )?;
-            self.logits = logits.row(0).to_owned();
-        }
         Ok(Step { id, text })
     }
 }
@@ -502,38 +527,247 @@ fn run_to_end(generation: &mut Generation<'_>) -> Result<(Vec<u32>, StopReason)>
     Ok((generation.generated().to_vec(), reason))
 }
 
-/// Generate from several prompts of different lengths as one left-padded
-/// batch: the prompts are padded on the left to the longest with
-/// `<|endoftext|>`, the prefill runs with the padding masked out (so it changes
-/// nothing), then each sequence decodes until its own stop rule; sequences run
-/// in parallel. Sequence `b` samples with its own generator seeded `seed + b`,
-/// so the result does not depend on the thread count. Returns the new ids of
-/// each prompt.
+/// One new token of one sequence of a [`BatchGeneration`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStep {
+    /// Which sequence (its index among the prompts).
+    pub index: usize,
+    /// The new token.
+    pub id: u32,
+    /// The text that became printable with this token (may be empty).
+    pub text: String,
+    /// `Some` when this token ended the sequence: it leaves the batch.
+    pub stop: Option<StopReason>,
+}
+
+/// Several generations decoded together: an iterator that yields, per step,
+/// one [`BatchStep`] for every sequence still going.
+///
+/// A step runs the new token of every live sequence through the model as one
+/// stacked `[B, C]` matrix ([`Gpt2::forward_steps`]): each weight is read once
+/// per step for the whole batch instead of once per sequence, which is what
+/// makes decoding a batch cheaper than decoding its prompts one by one (the
+/// step is bound by reading the weights). Attention runs per sequence over
+/// its own cache. Everything else stays each sequence's own: its logits
+/// processors, sampler and seeded generator, its stop rules. A sequence that
+/// stops leaves the batch; the others go on. Each sequence generates what
+/// [`Generation`] gives its prompt alone with the same options (the products
+/// of a batch may round differently in the last bits, which does not change
+/// the tokens in practice; the tests check greedy and sampled equality).
+///
+/// ```no_run
+/// # use gpt2_ndarray::{Gpt2, Tokenizer, generate::{BatchGeneration, GenerateOptions}};
+/// # fn main() -> anyhow::Result<()> {
+/// let model = Gpt2::from_dir("models/gpt2")?;
+/// let tokenizer = Tokenizer::from_dir("models/gpt2")?;
+/// let prompts = vec![tokenizer.encode("Paris is")?, tokenizer.encode("Once upon a time")?];
+/// let mut batch = BatchGeneration::new(&model, &tokenizer, &prompts, GenerateOptions::default())?;
+/// for steps in &mut batch {
+///     for step in steps? {
+///         println!("sequence {}: {:?}", step.index, step.text);
+///     }
+/// }
+/// println!("{:?}", batch.generated(1));
+/// # Ok(()) }
+/// ```
+pub struct BatchGeneration<'a> {
+    model: &'a Gpt2,
+    sequences: Vec<Generation<'a>>,
+    failed: bool,
+}
+
+impl<'a> BatchGeneration<'a> {
+    /// Check the options, run all the prompts through the model as one
+    /// stacked prefill (each prompt its own length, no padding), and get ready
+    /// to generate. Sequence `b` samples with its own generator seeded
+    /// `options.seed + b`, so the result does not depend on the batch size,
+    /// the order of work or the thread count.
+    pub fn new(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        prompts: &[Vec<u32>],
+        options: GenerateOptions,
+    ) -> Result<Self> {
+        let rows = prompts.iter().map(|p| (p.as_slice(), None));
+        Self::start(model, tokenizer, rows, options)
+    }
+
+    /// [`BatchGeneration::new`] for a padded batch: `ids` and `mask` are
+    /// `[B, T]`, `mask` true at real tokens (padding left or right, never
+    /// attended to nor counted as context).
+    pub fn padded(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        ids: &Array2<u32>,
+        mask: &Array2<bool>,
+        options: GenerateOptions,
+    ) -> Result<Self> {
+        ensure!(
+            ids.dim() == mask.dim(),
+            "ids are {:?} but the attention mask is {:?}",
+            ids.dim(),
+            mask.dim()
+        );
+        let ids: Vec<Vec<u32>> = ids.outer_iter().map(|r| r.to_vec()).collect();
+        let mask: Vec<Vec<bool>> = mask.outer_iter().map(|r| r.to_vec()).collect();
+        let rows = ids.iter().zip(&mask).map(|(i, m)| (&i[..], Some(&m[..])));
+        Self::start(model, tokenizer, rows, options)
+    }
+
+    fn start<'p>(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        rows: impl Iterator<Item = (&'p [u32], Option<&'p [bool]>)>,
+        options: GenerateOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let rows: Vec<_> = rows.collect();
+        ensure!(!rows.is_empty(), "the batch has no prompts");
+        let mut sequences = Vec::with_capacity(rows.len());
+        for (b, &(prompt, mask)) in rows.iter().enumerate() {
+            ensure!(
+                !prompt.is_empty(),
+                "prompt {b} of the batch is empty: there is no token to continue"
+            );
+            let options = GenerateOptions {
+                seed: options.seed.wrapping_add(b as u64),
+                ..options.clone()
+            };
+            let generation = Generation::unprefilled(model, tokenizer, prompt, mask, options)
+                .map_err(|e| e.context(format!("prompt {b} of the batch")))?;
+            sequences.push(generation);
+        }
+        let mut steps: Vec<SequenceStep<'_>> = sequences
+            .iter_mut()
+            .zip(&rows)
+            .map(|(g, &(ids, mask))| SequenceStep {
+                ids,
+                mask,
+                cache: &mut g.cache,
+            })
+            .collect();
+        let logits = model.forward_steps(&mut steps, Logits::Last)?; // [B, vocab]
+        for (g, row) in sequences.iter_mut().zip(logits.rows()) {
+            g.logits = row.to_owned();
+        }
+        Ok(BatchGeneration {
+            model,
+            sequences,
+            failed: false,
+        })
+    }
+
+    /// Number of sequences (stopped ones included).
+    pub fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Whether the batch has no sequences (never: the constructors refuse it).
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+
+    /// Number of sequences still generating.
+    pub fn live(&self) -> usize {
+        self.sequences.iter().filter(|g| g.stop.is_none()).count()
+    }
+
+    /// The ids sequence `b` generated so far (without its prompt).
+    pub fn generated(&self, b: usize) -> &[u32] {
+        self.sequences[b].generated()
+    }
+
+    /// Why sequence `b` ended (`None` while it goes on, or after an error).
+    pub fn stop_reason(&self, b: usize) -> Option<StopReason> {
+        self.sequences[b].stop_reason()
+    }
+
+    /// The text sequence `b` holds back at the end (lossily).
+    pub fn finish_text(&mut self, b: usize) -> String {
+        self.sequences[b].finish_text()
+    }
+
+    /// One step: every live sequence chooses its next token (its own
+    /// processors, sampler and stop rules; in parallel), then those that go
+    /// on run their tokens through the model together.
+    fn step(&mut self) -> Result<Vec<BatchStep>> {
+        let chosen: Vec<(usize, Result<Step>)> = self
+            .sequences
+            .par_iter_mut()
+            .enumerate()
+            .filter(|(_, g)| g.stop.is_none())
+            .map(|(b, g)| (b, g.choose_next()))
+            .collect();
+        let mut out = Vec::with_capacity(chosen.len());
+        for (b, step) in chosen {
+            let step = step.map_err(|e| e.context(format!("sequence {b} of the batch")))?;
+            let stop = self.sequences[b].stop;
+            out.push(BatchStep {
+                index: b,
+                id: step.id,
+                text: step.text,
+                stop,
+            });
+        }
+        let going: Vec<(usize, [u32; 1])> = out
+            .iter()
+            .filter(|s| s.stop.is_none())
+            .map(|s| (s.index, [s.id]))
+            .collect();
+        if going.is_empty() {
+            return Ok(out);
+        }
+        let mut going_iter = going.iter().peekable();
+        let mut steps = Vec::with_capacity(going.len());
+        for (b, g) in self.sequences.iter_mut().enumerate() {
+            if let Some((_, ids)) = going_iter.next_if(|(index, _)| *index == b) {
+                steps.push(SequenceStep {
+                    ids,
+                    mask: None,
+                    cache: &mut g.cache,
+                });
+            }
+        }
+        let logits = self.model.forward_steps(&mut steps, Logits::Last)?; // [live, vocab]
+        for (&(b, _), row) in going.iter().zip(logits.rows()) {
+            self.sequences[b].logits.assign(&row);
+        }
+        Ok(out)
+    }
+}
+
+impl Iterator for BatchGeneration<'_> {
+    type Item = Result<Vec<BatchStep>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.sequences.iter().all(|g| g.stop.is_some()) {
+            return None;
+        }
+        let step = self.step();
+        self.failed = step.is_err();
+        Some(step)
+    }
+}
+
+/// Generate from several prompts of different lengths as one batch
+/// ([`BatchGeneration`]): one stacked prefill, then every decoding step runs
+/// the live sequences' new tokens together, until each sequence's own stop
+/// rule. Sequence `b` samples with its own generator seeded `seed + b`, so
+/// it generates exactly what [`generate`] gives its prompt alone with that
+/// seed, whatever the thread count. Returns the new ids of each prompt.
 pub fn generate_batch(
     model: &Gpt2,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
-    options.validate()?;
-    if let Some(b) = prompts.iter().position(Vec::is_empty) {
-        bail!("prompt {b} of the batch is empty: there is no token to continue");
+    let mut batch = BatchGeneration::new(model, tokenizer, prompts, options.clone())?;
+    for step in &mut batch {
+        step?;
     }
-    let (ids, mask) = left_pad(prompts, tokenizer.end_of_text().unwrap_or(0));
-    (0..prompts.len())
-        .into_par_iter()
-        .map(|b| {
-            let options = GenerateOptions {
-                seed: options.seed.wrapping_add(b as u64),
-                ..options.clone()
-            };
-            let (row, row_mask) = (ids.row(b).to_vec(), mask.row(b).to_vec());
-            let mut generation =
-                Generation::padded(model, tokenizer, &row, Some(&row_mask), options)
-                    .map_err(|e| e.context(format!("prompt {b} of the batch")))?;
-            Ok(run_to_end(&mut generation)?.0)
-        })
-        .collect()
+    Ok((0..batch.len())
+        .map(|b| batch.generated(b).to_vec())
+        .collect())
 }
 
 /// Pad sequences on the left to the longest: ids `[B, T]` and mask `[B, T]`

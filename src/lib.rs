@@ -155,7 +155,7 @@ pub mod trace;
 pub mod weights;
 
 pub use config::Config;
-pub use model::{Gpt2, KvCache, Logits};
+pub use model::{Gpt2, KvCache, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
 

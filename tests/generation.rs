@@ -7,11 +7,12 @@ mod common;
 use common::{assert_close, golden_dir, read_f32, SINGLE_OP};
 use gpt2_ndarray::generate::{
     apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, generate,
-    generate_batch, process_logits, GenerateOptions, Generation, StopReason, TextStream,
+    generate_batch, left_pad, process_logits, BatchGeneration, GenerateOptions, Generation,
+    StopReason, TextStream,
 };
 use gpt2_ndarray::reference::softmax;
-use gpt2_ndarray::{Gpt2, KvCache, Logits, Tokenizer, Trace};
-use ndarray::Ix1;
+use gpt2_ndarray::{Gpt2, KvCache, Logits, SequenceStep, Tokenizer, Trace};
+use ndarray::{Array2, Ix1};
 use serde_json::Value;
 
 fn model() -> (Gpt2, Tokenizer) {
@@ -239,6 +240,231 @@ fn a_left_padded_batch_generates_what_each_prompt_generates_alone() {
             assert_eq!(batch[b], expected, "prompt {b}, do_sample {do_sample}");
         }
     }
+}
+
+/// Prompts of 1 to 9 tokens (different lengths, so the stacked rows of a
+/// step are ragged), `n` of them.
+fn prompts(n: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|b| {
+            (0..1 + b % 9)
+                .map(|t| ((b * 7919 + t * 104_729) % 50_000) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn forward_steps_gives_each_sequence_the_logits_of_its_own_forward_step() {
+    let (model, _) = model();
+    // Batch sizes on both sides of the matrix kernels' thresholds: 1, up to
+    // GEMV_MAX_ROWS (4), the few-rows kernel (5..=32), the packed GEMM (> 32).
+    for batch in [1, 3, 4, 5, 8, 32, 33, 40] {
+        let prompts = prompts(batch);
+        // Alone: a prefill and two decoding steps per sequence.
+        let mut alone = Vec::new();
+        for prompt in &prompts {
+            let mut cache = KvCache::new(model.config.n_layer);
+            let mut rows = vec![model
+                .forward_step(prompt, None, &mut cache, Logits::Last, &mut Trace::off())
+                .unwrap()];
+            for id in [464, 13] {
+                let step =
+                    model.forward_step(&[id], None, &mut cache, Logits::All, &mut Trace::off());
+                rows.push(step.unwrap());
+            }
+            alone.push(rows);
+        }
+        // Together: the same three steps, every sequence stacked.
+        let mut caches: Vec<KvCache> = (0..batch)
+            .map(|_| KvCache::new(model.config.n_layer))
+            .collect();
+        for (step, ids) in [None, Some(464u32), Some(13)].into_iter().enumerate() {
+            let one = ids.map(|id| [id]);
+            let mut steps: Vec<SequenceStep<'_>> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(cache, prompt)| SequenceStep {
+                    ids: one.as_ref().map_or(&prompt[..], |id| &id[..]),
+                    mask: None,
+                    cache,
+                })
+                .collect();
+            let logits = model.forward_steps(&mut steps, Logits::Last).unwrap();
+            assert_eq!(logits.dim(), (batch, model.config.vocab_size));
+            for (b, rows) in alone.iter().enumerate() {
+                assert_close(
+                    &format!("batch {batch}, step {step}, sequence {b}"),
+                    logits.row(b).into_dyn(),
+                    rows[step].row(0).into_dyn(),
+                    common::MODEL,
+                );
+            }
+        }
+        for (cache, prompt) in caches.iter().zip(&prompts) {
+            assert_eq!(cache.len(), prompt.len() + 2);
+        }
+    }
+}
+
+#[test]
+fn forward_steps_refuses_a_bad_sequence_before_touching_any_cache() {
+    let (model, _) = model();
+    let mut caches: Vec<KvCache> = (0..2).map(|_| KvCache::new(model.config.n_layer)).collect();
+    let (good, bad) = ([464u32, 13], [50257u32]);
+    let mut steps: Vec<SequenceStep<'_>> = caches
+        .iter_mut()
+        .zip([&good[..], &bad[..]])
+        .map(|(cache, ids)| SequenceStep {
+            ids,
+            mask: None,
+            cache,
+        })
+        .collect();
+    let err = model.forward_steps(&mut steps, Logits::Last).unwrap_err();
+    assert!(format!("{err:#}").contains("sequence 1"), "{err:#}");
+    assert!(caches.iter().all(KvCache::is_empty), "no cache changed");
+}
+
+/// What [`generate`] gives each prompt alone, seed `seed + b` for prompt `b`.
+fn alone(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Vec<(Vec<u32>, StopReason)> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(b, prompt)| {
+            let options = GenerateOptions {
+                seed: options.seed + b as u64,
+                ..options.clone()
+            };
+            generate(model, tokenizer, prompt, &options).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_every_size_generates_what_each_prompt_generates_alone() {
+    let (model, tokenizer) = model();
+    for batch in [2, 5, 33] {
+        let prompts = prompts(batch);
+        for do_sample in [false, true] {
+            let options = GenerateOptions {
+                max_new_tokens: 6,
+                do_sample,
+                temperature: 1.2,
+                top_k: Some(100),
+                top_p: Some(0.9),
+                repetition_penalty: Some(1.3),
+                seed: 11,
+                stop_at_end_of_text: false,
+                ..GenerateOptions::default()
+            };
+            let together = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
+            let expected: Vec<Vec<u32>> = alone(&model, &tokenizer, &prompts, &options)
+                .into_iter()
+                .map(|(ids, _)| ids)
+                .collect();
+            assert_eq!(together, expected, "batch {batch}, do_sample {do_sample}");
+        }
+    }
+}
+
+#[test]
+fn a_stopped_sequence_leaves_the_batch_and_the_others_go_on() {
+    let (model, tokenizer) = model();
+    let n = model.config.n_positions;
+    // Sequence 1 fills the context after 3 tokens; sequence 2 stops at a
+    // stop string taken from its own free continuation; the others run to
+    // max_new_tokens.
+    let mut prompts = prompts(4);
+    prompts[1] = vec![464; n - 2];
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        do_sample: true,
+        seed: 3,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let free = alone(
+        &model,
+        &tokenizer,
+        &prompts[2..3],
+        &GenerateOptions {
+            seed: 5,
+            ..options.clone()
+        },
+    );
+    let text = tokenizer.decode(&free[0].0[..4]).unwrap();
+    let stop: String = text
+        .chars()
+        .skip(text.chars().count().saturating_sub(2))
+        .collect();
+    let options = GenerateOptions {
+        stop_strings: vec![stop],
+        ..options
+    };
+    let expected = alone(&model, &tokenizer, &prompts, &options);
+    assert_eq!(expected[1].1, StopReason::ContextFull);
+    assert_eq!(expected[2].1, StopReason::StopString);
+
+    let mut batch = BatchGeneration::new(&model, &tokenizer, &prompts, options).unwrap();
+    let mut seen: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut stopped = vec![false; prompts.len()];
+    for steps in &mut batch {
+        let steps = steps.unwrap();
+        let live = stopped.iter().filter(|s| !**s).count();
+        assert_eq!(steps.len(), live, "one token per live sequence");
+        for step in steps {
+            assert!(!stopped[step.index], "sequence {} came back", step.index);
+            seen[step.index].push(step.id);
+            stopped[step.index] = step.stop.is_some();
+        }
+    }
+    assert!(stopped.iter().all(|&s| s));
+    for (b, (ids, reason)) in expected.iter().enumerate() {
+        assert_eq!(&seen[b], ids, "sequence {b}");
+        assert_eq!(batch.generated(b), &ids[..], "sequence {b}");
+        assert_eq!(batch.stop_reason(b), Some(*reason), "sequence {b}");
+    }
+    assert_eq!(batch.live(), 0);
+}
+
+#[test]
+fn a_padded_batch_generates_what_the_unpadded_one_does() {
+    let (model, tokenizer) = model();
+    let prompts = prompts(6);
+    let options = GenerateOptions {
+        max_new_tokens: 5,
+        do_sample: true,
+        seed: 9,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let (ids, mask) = left_pad(&prompts, 50256);
+    let mut padded =
+        BatchGeneration::padded(&model, &tokenizer, &ids, &mask, options.clone()).unwrap();
+    for step in &mut padded {
+        step.unwrap();
+    }
+    let expected = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
+    for (b, ids) in expected.iter().enumerate() {
+        assert_eq!(padded.generated(b), &ids[..], "sequence {b}");
+    }
+    let all_padding = Array2::from_elem((1, 2), false);
+    let err = BatchGeneration::padded(
+        &model,
+        &tokenizer,
+        &ids.slice(ndarray::s![..1, ..2]).to_owned(),
+        &all_padding,
+        options,
+    )
+    .err()
+    .expect("an all-padding row is refused");
+    assert!(format!("{err:#}").contains("prompt 0"), "{err:#}");
 }
 
 #[test]

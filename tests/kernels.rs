@@ -46,6 +46,12 @@ fn every_matmul_path_equals_the_plain_definition() {
         (29, 770, 50),
         (32, 64, 1000),
         (33, 20, 30), // one row past it: the GEMM
+        // Decoding batches times the tied head (a column-contiguous matrix,
+        // the GEMM): odd rows, several 256-column bands, the batch sizes 48-65.
+        (7, 13, 259),
+        (48, 768, 517),
+        (64, 40, 70),
+        (65, 24, 33),
         (300, 70, 260),
     ] {
         let a = random(m, k, 1);
@@ -112,6 +118,7 @@ fn matmul_results_do_not_depend_on_the_thread_count() {
         (2, 300, 1000),
         (16, 300, 1000),
         (7, 64, 17),
+        (41, 300, 1000),
         (260, 96, 400),
     ] {
         let a = random(m, k, 4);

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::{bail, ensure, Result};
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use crate::checkpoint::Dtype;
@@ -88,6 +88,17 @@ pub enum Logits {
     Last,
 }
 
+/// One sequence's part of [`Gpt2::forward_steps`]: its new tokens, their
+/// padding mask (`true` = real token; `None`: all real), and its own cache.
+pub struct SequenceStep<'a> {
+    /// The new tokens of this sequence (at least one).
+    pub ids: &'a [u32],
+    /// `[ids.len()]`, as in [`Gpt2::forward_step`].
+    pub mask: Option<&'a [bool]>,
+    /// This sequence's past; the step appends its keys and values.
+    pub cache: &'a mut KvCache,
+}
+
 /// One sequence of a forward step that runs several: its new tokens are the
 /// rows `rows` of the stacked activations, and `cache` holds its past.
 struct Sequence<'c> {
@@ -145,6 +156,49 @@ impl Gpt2 {
         Ok(self.forward_rows(x, &mut sequences, logits, trace))
     }
 
+    /// One forward step of several sequences, each with its own new tokens
+    /// and its own cache: every linear layer multiplies all their rows as one
+    /// stacked `[ΣT, C]` matrix (so a decoding step of B sequences reads each
+    /// weight once, not B times), and attention runs per sequence over its
+    /// own cache. Returns the logits stacked in the order of `steps`:
+    /// `[ΣT, vocab]`, or `[B, vocab]` (each sequence's last position) for
+    /// [`Logits::Last`].
+    ///
+    /// Each sequence's logits are those [`Gpt2::forward_step`] gives it alone,
+    /// up to the rounding of a product of another shape. Errors as
+    /// [`Gpt2::forward_step`], naming the sequence; nothing is run (and no
+    /// cache changes) unless every sequence can run.
+    pub fn forward_steps(
+        &self,
+        steps: &mut [SequenceStep<'_>],
+        logits: Logits,
+    ) -> Result<Array2<f32>> {
+        ensure!(!steps.is_empty(), "no sequences to run");
+        for (b, step) in steps.iter().enumerate() {
+            self.check_step(step.ids, step.mask, step.cache)
+                .map_err(|e| e.context(format!("sequence {b} of the step")))?;
+        }
+        let total: usize = steps.iter().map(|s| s.ids.len()).sum();
+        let mut x = Array2::zeros((total, self.config.n_embd)); // [ΣT, C]
+        let mut sequences = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for step in steps.iter_mut() {
+            let rows = row..row + step.ids.len();
+            self.embed_into(
+                step.ids,
+                step.mask,
+                step.cache,
+                x.slice_mut(s![rows.clone(), ..]),
+            );
+            row = rows.end;
+            sequences.push(Sequence {
+                rows,
+                cache: &mut *step.cache,
+            });
+        }
+        Ok(self.forward_rows(x, &mut sequences, logits, &mut Trace::off()))
+    }
+
     /// The forward pass of several sequences at once, their rows stacked in
     /// one `[ΣT, C]` matrix: every linear layer then multiplies all of them by
     /// its weights in one product (a batch of 8 prompts of 128 tokens is one
@@ -195,15 +249,26 @@ impl Gpt2 {
     /// `x = wte[ids] + wpe[positions]`: `[T]` → `[T, C]`, the positions
     /// following those in `cache` (which registers them).
     fn embed(&self, ids: &[u32], mask: Option<&[bool]>, cache: &mut KvCache) -> Array2<f32> {
+        let mut x = Array2::zeros((ids.len(), self.config.n_embd));
+        self.embed_into(ids, mask, cache, x.view_mut());
+        x
+    }
+
+    /// [`Gpt2::embed`] into the rows `x` (`[T, C]`) of a larger matrix.
+    fn embed_into(
+        &self,
+        ids: &[u32],
+        mask: Option<&[bool]>,
+        cache: &mut KvCache,
+        mut x: ArrayViewMut2<f32>,
+    ) {
         let mask: Vec<bool> = mask.map_or_else(|| vec![true; ids.len()], <[bool]>::to_vec);
         let positions = cache.push_positions(&mask);
         let (wte, wpe) = (self.wte.view(), self.wpe.view());
-        let mut x = Array2::zeros((ids.len(), self.config.n_embd));
         for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(&positions) {
             row.assign(&wte.row(id as usize));
             row += &wpe.row(pos);
         }
-        x
     }
 
     /// One transformer block: `x = x + attn(ln_1(x))`, then `x = x + mlp(ln_2(x))`.
