@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod linear;
 pub mod matrix;
 pub mod norm;
+pub mod simd;
 pub mod softmax;
 
 pub use activation::{gelu, gelu_fast, gelu_new, quick_gelu, relu, silu, Activation};
