@@ -75,7 +75,13 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     let tokenizer =
         Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
     let reps = if args.quick { 1 } else { 3 };
-    const CASES: [&str; 5] = ["first-logits", "prefill", "decode", "batch", "decode-profile"];
+    const CASES: [&str; 5] = [
+        "first-logits",
+        "prefill",
+        "decode",
+        "batch",
+        "decode-profile",
+    ];
     if let Some(case) = &args.case {
         anyhow::ensure!(
             CASES.contains(&case.as_str()),
@@ -264,7 +270,8 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     let x = Array2::from_elem((1, c), 0.5f32);
     let hidden = Array2::from_elem((1, model.config.n_inner), 0.5f32);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let kinds: [(&str, fn(&gpt2_ndarray::model::Block) -> &gpt2_ndarray::blocks::Conv1D); 4] = [
+    type Layer = fn(&gpt2_ndarray::model::Block) -> &gpt2_ndarray::blocks::Conv1D;
+    let kinds: [(&str, Layer); 4] = [
         ("c_attn", |b| &b.attn.c_attn),
         ("attn.c_proj", |b| &b.attn.c_proj),
         ("c_fc", |b| &b.mlp.c_fc),

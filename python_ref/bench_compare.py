@@ -128,9 +128,9 @@ N_LAYER, N_EMBD, N_INNER, N_VOCAB = 12, 768, 3072, 50257
 # The prompt targets at 2 threads: (label, case, tokens, batch, the most
 # Rust's time may be as a fraction of transformers').
 PROMPT_TARGETS = [
-    ("prefill T=1024", CASES[5], 1024, 1, 0.7),
-    ("prefill T=128", CASES[3], 128, 1, 0.6),
-    ("batched prefill 8×128", CASES[7], 128, 8, 0.75),
+    ("prefill T=1024", CASES[5], 1024, 1, 0.8),
+    ("prefill T=128", CASES[3], 128, 1, 0.7),
+    ("batched prefill 8×128", CASES[7], 128, 8, 0.8),
 ]
 
 

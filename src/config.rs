@@ -208,7 +208,7 @@ impl Config {
             size_in_range(name, value as i128, max)?;
         }
         ensure!(
-            self.n_embd % self.n_head == 0,
+            self.n_embd.is_multiple_of(self.n_head),
             "n_embd ({}) is not divisible by n_head ({})",
             self.n_embd,
             self.n_head

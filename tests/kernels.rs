@@ -26,7 +26,10 @@ fn at_every_level(mut f: impl FnMut(Simd)) {
     let levels = simd::available();
     assert!(levels.contains(&Simd::Portable));
     for &level in &levels {
-        assert!(force_simd(level), "{level} is available but cannot be forced");
+        assert!(
+            force_simd(level),
+            "{level} is available but cannot be forced"
+        );
         assert_eq!(simd::level(), level);
         f(level);
     }

@@ -396,8 +396,8 @@ fn band_tiles_8x32(
     strips: usize,
     tiles: &mut [[f32; 32]],
 ) {
-    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     use std::arch::x86_64::_mm512_storeu_ps;
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     const R: usize = 8;
     for k0 in (0..k).step_by(TILE_DEPTH) {
         let depth = TILE_DEPTH.min(k - k0);

@@ -600,7 +600,10 @@ impl<R: Read> Unpickler<R> {
     }
 
     fn extend_dict(&mut self, flat: Vec<Value>) -> Result<()> {
-        ensure!(flat.len() % 2 == 0, "SETITEMS with an odd number of values");
+        ensure!(
+            flat.len().is_multiple_of(2),
+            "SETITEMS with an odd number of values"
+        );
         let index = match self.top()? {
             Value::Dict(i) => *i,
             other => bail!("SETITEM on a {}, not a dict", other.kind()),
