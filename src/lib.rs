@@ -78,8 +78,9 @@
 //!    matrix–vector kernel that streams each weight once for decoding, a
 //!    register-tiled kernel that reads the weights in place for short prompts,
 //!    the `gemm` crate's packed SIMD GEMM for long ones), [`blocks::fastmath`]
-//!    (sums over SIMD lanes and a vectorisable `exp`, compiled for AVX2/FMA
-//!    and picked at run time) and [`blocks::Matrix`] (weights read in place
+//!    (sums over SIMD lanes and a vectorisable `exp`, compiled for AVX-512,
+//!    AVX2/FMA, AVX and portable/NEON and picked at run time by
+//!    [`blocks::simd`]) and [`blocks::Matrix`] (weights read in place
 //!    from a memory-mapped `model.safetensors`).
 //! 2. **Configuration** — [`Config`]: the numbers in `config.json` that shape
 //!    the model (`n_embd`, `n_head`, ...), validated.

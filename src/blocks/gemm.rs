@@ -9,12 +9,16 @@
 //! every weight twice and writing it once. The matrix–vector kernels below
 //! read each weight exactly once, front to back, in the order it lies in
 //! memory. With many rows (a long prompt) the product is bound by arithmetic
-//! instead, and a packed GEMM with AVX2/FMA micro-kernels chosen at run time
-//! (the `gemm` crate) is what we want. In between (5 to 32 rows: a short
+//! instead, and a packed GEMM with AVX-512 or AVX2/FMA micro-kernels chosen
+//! at run time (the `gemm` crate, with its `x86-v4` kernels) is what we want. In between (5 to 32 rows: a short
 //! prompt, a batch of decoding steps) each weight is still used only a few
 //! times, so packing it costs as much as the arithmetic; a third kernel keeps
-//! a 6 × 16 block of the output in registers and reads the weights where
-//! they lie, eight rows at a time.
+//! a 6 × 16 block of the output in registers (8 × 32 with AVX-512) and reads
+//! the weights where they lie, eight rows at a time.
+//!
+//! The crate's own kernels here run at the SIMD level of [`super::simd`]
+//! (AVX-512, AVX2 + FMA, AVX, portable/NEON); [`kernel_paths`] says which
+//! each kernel uses on this machine.
 //!
 //! Every output element is computed by one thread, in an order that depends
 //! on the shapes only — never on the number of threads or on how the work was

@@ -27,7 +27,7 @@ pub fn dot(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
 /// view (`w.t()`) costs no copy. With a few rows (decoding) it streams `b` once
 /// through a matrix–vector kernel; with up to 32 (a short prompt) a
 /// register-tiled kernel reads a row-major `b` in place; with more it runs the
-/// `gemm` crate's packed AVX2/FMA GEMM on the current thread pool — see
+/// `gemm` crate's packed AVX-512 or AVX2/FMA GEMM on the current thread pool — see
 /// [`super::gemm`]. The result never depends on the number of threads.
 ///
 /// ```
