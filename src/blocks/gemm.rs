@@ -494,35 +494,54 @@ fn gemv_rows(
     }
 }
 
-/// Rows of weights that [`add_scaled_rows`] adds in one pass over the sums.
-const ROWS_PER_PASS: usize = 4;
+/// Rows of weights that [`add_scaled_rows`] adds in one pass over wide sums.
+const ROWS_PER_PASS: usize = 8;
+/// Sums at most this wide get one row of weights per pass (see [`add_scaled_rows`]).
+const NARROW: usize = 1024;
 
 simd_targets! {
-    /// `acc += Σᵢ xᵢ · rows[i]`, [`ROWS_PER_PASS`] rows at a time (one pass
-    /// over `acc`, which stays in the L1 cache, per four rows of weights, which
-    /// stream from memory). Each sum is formed in the same order whatever the
-    /// vector width: `(x₀w₀ + x₁w₁ + x₂w₂ + x₃w₃)` added to `acc`.
+    /// `acc += Σᵢ xᵢ · rows[i]`, in passes over `acc` (which stays in the L1
+    /// cache) while the rows of weights stream from memory.
+    ///
+    /// How many rows one pass adds depends on the width of `acc` only (so
+    /// never on the thread count or the SIMD level), and was measured on
+    /// GPT-2's shapes (`examples/bench.rs --case decode-profile`): rows of
+    /// at most [`NARROW`] weights (`attn.c_proj`, `mlp.c_proj`: 3 KB) are
+    /// read best one after the other, a single sequential stream, each pass
+    /// `(acc + x·w)`; wider rows (`c_attn`, `c_fc`: 9–12 KB, where a pass
+    /// per row would move as many bytes of `acc` through the L1 cache as of
+    /// weights) [`ROWS_PER_PASS`] at a time, each pass
+    /// `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)`.
     fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
-        const R: usize = ROWS_PER_PASS;
-        let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
-        let k = rows.nrows();
-        let mut i = 0;
-        while i + R <= k {
-            let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
-            let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
-            for (j, y) in acc.iter_mut().enumerate() {
-                let mut s = x[0] * w[0][j];
-                for r in 1..R {
-                    s += x[r] * w[r][j];
-                }
-                *y += s;
-            }
-            i += R;
+        if acc.len() <= NARROW {
+            scaled_row_passes::<1>(acc, rows, xs)
+        } else {
+            scaled_row_passes::<ROWS_PER_PASS>(acc, rows, xs)
         }
-        for (i, &xi) in xs.iter().enumerate().skip(i) {
-            for (y, &w) in acc.iter_mut().zip(row(i)) {
-                *y += xi * w;
+    }
+}
+
+/// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
+#[inline(always)]
+fn scaled_row_passes<const R: usize>(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
+    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
+    let k = rows.nrows();
+    let mut i = 0;
+    while i + R <= k {
+        let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
+        let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
+        for (j, y) in acc.iter_mut().enumerate() {
+            let mut s = x[0] * w[0][j];
+            for r in 1..R {
+                s += x[r] * w[r][j];
             }
+            *y += s;
+        }
+        i += R;
+    }
+    for (i, &xi) in xs.iter().enumerate().skip(i) {
+        for (y, &w) in acc.iter_mut().zip(row(i)) {
+            *y += xi * w;
         }
     }
 }
