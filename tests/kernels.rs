@@ -64,6 +64,10 @@ fn every_matmul_path_at_this_level(level: Simd) {
         (1, 768, 300),
         (3, 37, 513),
         (4, 16, 16),
+        // Rows wider than 1024: the matrix–vector kernel adds 8 rows per
+        // pass, then the last k mod 8 one by one.
+        (1, 770, 1100),
+        (2, 45, 2304),
         (5, 9, 3),
         // The few-rows kernel (5..=32 rows): whole 6×16 tiles, a last partial
         // group of rows, columns past the last 16 (and a band of only those),
