@@ -7,7 +7,12 @@
 //! cargo run --release --example bench                     # 1 and 2 threads
 //! cargo run --release --example bench -- --threads 2 --json target/bench-rust.json
 //! cargo run --release --example bench -- --threads 2 --batched-decoding-only
+//! cargo run --release --example bench -- --threads 2 --case decode-profile
+//! GPT2_NDARRAY_SIMD=avx2 cargo run --release --example bench   # a lower SIMD level
 //! ```
+//!
+//! It prints the instruction set each kernel ran with (`gemm::kernel_paths`):
+//! a figure means nothing without its CPU.
 
 mod common;
 
@@ -19,7 +24,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use gpt2_ndarray::generate::{generate, generate_batch, GenerateOptions, Rng};
 use gpt2_ndarray::kernels::fastmath::sum_lanes;
-use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
+use gpt2_ndarray::kernels::gemm::{kernel_paths, matmul_into, Output};
+use gpt2_ndarray::kernels::{conv1d, matmul};
 use gpt2_ndarray::{Config, Gpt2, Tokenizer};
 use indicatif::ProgressBar;
 use ndarray::Array2;
@@ -41,6 +47,11 @@ struct Args {
     /// `target/bench-rust-batched.json` unless --json says where.
     #[arg(long)]
     batched_decoding_only: bool,
+    /// Run one case only: first-logits, prefill, decode, batch, or
+    /// decode-profile (where a decoding step's time goes, against the read
+    /// bandwidth of the weights where they lie); no peak-memory probe.
+    #[arg(long)]
+    case: Option<String>,
     /// Internal: measure peak memory of load + T=1024 prefill + 128 tokens in this process.
     #[arg(long, hide = true)]
     rss_probe: Option<PathBuf>,
@@ -113,6 +124,25 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("JSON written to {}", path.display());
         return Ok(());
     }
+    const CASES: [&str; 5] = [
+        "first-logits",
+        "prefill",
+        "decode",
+        "batch",
+        "decode-profile",
+    ];
+    if let Some(case) = &args.case {
+        anyhow::ensure!(
+            CASES.contains(&case.as_str()),
+            "no case {case:?}: the cases are {}",
+            CASES.join(", ")
+        );
+    }
+    let paths: serde_json::Map<String, Value> = kernel_paths()
+        .into_iter()
+        .map(|(kernel, isa)| (kernel.to_string(), Value::from(isa)))
+        .collect();
+    eprintln!("kernels: {paths:?}");
     let mut runs = Vec::new();
     // Drawn between measurements only (no ticking thread to disturb them).
     let bar = common::progress((args.threads.len() * STEPS + 1) as u64, false);
@@ -121,13 +151,19 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
             .num_threads(threads)
             .build()?;
         bar.suspend(|| eprintln!("measuring with {threads} thread(s)..."));
-        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps, &bar))?);
+        let case = args.case.as_deref();
+        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps, case, &bar))?);
     }
     bar.set_message("peak memory");
-    let rss = peak_rss_of_probe(dir)?;
+    let rss = match args.case {
+        None => peak_rss_of_probe(dir)?,
+        Some(_) => 0.0,
+    };
     bar.finish_and_clear();
     let report = json!({
         "model": "gpt2 (124M, random weights, f32, safetensors)",
+        "cpu": cpu_name(),
+        "kernels": paths,
         "runs": runs,
         "peak_rss_mb": rss,
     });
@@ -146,8 +182,10 @@ fn measure(
     tokenizer: &Tokenizer,
     threads: usize,
     reps: usize,
+    case: Option<&str>,
     bar: &ProgressBar,
 ) -> Result<Value> {
+    let want = |name: &str| case.is_none_or(|c| c == name);
     let step = |what: &str| bar.set_message(format!("{threads} thread(s): {what}"));
     // The machine is measured before and after the model, and its limit is
     // the better of the two readings: on a shared machine a limit read at a
@@ -157,7 +195,7 @@ fn measure(
     bar.inc(1);
 
     step("time to first logits");
-    let ttfl = best_of(reps, || {
+    let ttfl = best_of(if want("first-logits") { reps } else { 0 }, || {
         let model = Gpt2::from_dir(dir).expect("load");
         model.next_token_logits(&[464]).expect("forward");
     });
@@ -172,7 +210,7 @@ fn measure(
     };
 
     let mut prefill_secs = Vec::new();
-    for t in PREFILL {
+    for t in PREFILL.into_iter().filter(|_| want("prefill")) {
         step(&format!("prefill T={t}"));
         let prompt = ids(t);
         let secs = best_of(if t >= 512 { reps.min(2) } else { reps }, || {
@@ -189,11 +227,12 @@ fn measure(
         stop_at_end_of_text: false,
         ..GenerateOptions::default()
     };
-    let decode = best_of(reps.min(2), || {
+    let decode_reps = if want("decode") { reps.min(2) } else { 0 };
+    let decode = best_of(decode_reps, || {
         generate(&model, tokenizer, &prompt, &options).expect("generate");
     });
     // The prefill of the 16-token prompt is part of `generate`; take it out.
-    let prompt_secs = best_of(reps, || {
+    let prompt_secs = best_of(if want("decode") { reps } else { 0 }, || {
         model.next_token_logits(&prompt).expect("prefill");
     });
     let per_token = (decode - prompt_secs).as_secs_f64() / DECODE_NEW as f64;
@@ -203,7 +242,7 @@ fn measure(
     let (b, t) = BATCH;
     let batch_ids = Array2::from_shape_vec((b, t), ids(b * t))?;
     let mask = Array2::from_elem((b, t), true);
-    let batch = best_of(reps.min(2), || {
+    let batch = best_of(if want("batch") { reps.min(2) } else { 0 }, || {
         model
             .forward_batch_with(&batch_ids, &mask, gpt2_ndarray::Logits::Last)
             .expect("batch");
@@ -213,8 +252,18 @@ fn measure(
     bar.inc(1);
 
     step("batched decoding");
-    let batched = batched_decoding(&model, tokenizer, reps)?;
+    let batched = match case {
+        None => batched_decoding(&model, tokenizer, reps)?,
+        Some(_) => Value::Null,
+    };
     bar.inc(1);
+
+    let profile = if want("decode-profile") {
+        step("decode profile");
+        decode_profile(&model, reps)
+    } else {
+        Value::Null
+    };
 
     step("machine");
     let machine_after = (read_bandwidth_gbs(), matmul_gflops());
@@ -249,6 +298,7 @@ fn measure(
         },
         "batched_prefill": {"batch": b, "t": t, "seconds": batch, "gflop": batch_flops / 1e9, "fraction_of_matmul_rate": batch_flops / batch / (gflops * 1e9)},
         "batched_decoding": batched,
+        "decode_profile": profile,
     }))
 }
 
@@ -327,8 +377,9 @@ fn prefill_flops(c: &Config, t: usize) -> f64 {
     2.0 * weights * t + attention + 2.0 * c.vocab_size as f64 * e
 }
 
+/// The best time of `reps` runs of `f` (zero for no run: a skipped case).
 fn best_of(reps: usize, mut f: impl FnMut()) -> Duration {
-    (0..reps.max(1))
+    (0..reps)
         .map(|_| {
             let start = Instant::now();
             f();
@@ -336,6 +387,95 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> Duration {
         })
         .min()
         .unwrap_or_default()
+}
+
+/// Where one decoding step's time goes, at the pool's thread count (best of
+/// many repetitions of each, in ms), against reading the same bytes:
+///
+/// - `read_weights`: summing every weight matrix a step multiplies, where it
+///   lies (the memory-mapped checkpoint), as the read-bandwidth measurement
+///   sums its buffer (one parallel sum per matrix);
+/// - `gemv_*`: the step's products alone, one row × each weight
+///   (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj` of all blocks; the head);
+/// - `step`: a whole decoding step (a token after 128 cached ones,
+///   `forward_step` with the cache), whose rest is attention, layer norms,
+///   GELU, residuals and the joins between them.
+fn decode_profile(model: &Gpt2, reps: usize) -> Value {
+    let reps = reps * 10;
+    let c = model.config.n_embd;
+    let x = Array2::from_elem((1, c), 0.5f32);
+    let hidden = Array2::from_elem((1, model.config.n_inner), 0.5f32);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    type Layer = fn(&gpt2_ndarray::model::Block) -> &gpt2_ndarray::weights::Conv1D;
+    let kinds: [(&str, Layer); 4] = [
+        ("c_attn", |b| &b.attn.c_attn),
+        ("attn.c_proj", |b| &b.attn.c_proj),
+        ("c_fc", |b| &b.mlp.c_fc),
+        ("mlp.c_proj", |b| &b.mlp.c_proj),
+    ];
+    let mut out = serde_json::Map::new();
+    let mut bytes = 0usize;
+    let mut all_weights: Vec<&[f32]> = Vec::new();
+    let mut gemv_total = 0.0;
+    for (name, layer) in kinds {
+        let input = if name == "mlp.c_proj" { &hidden } else { &x };
+        let d = best_of(reps, || {
+            for block in &model.h {
+                std::hint::black_box(conv1d(input.view(), layer(block)));
+            }
+        });
+        for block in &model.h {
+            let w = layer(block).weight.view();
+            bytes += w.len() * 4;
+            all_weights.push(w.to_slice().expect("row-major weights"));
+        }
+        gemv_total += ms(d);
+        out.insert(format!("gemv_{name}_ms"), json!(ms(d)));
+    }
+    let head = model.wte.view();
+    bytes += head.len() * 4;
+    all_weights.push(head.to_slice().expect("row-major wte"));
+    let d = best_of(reps, || {
+        std::hint::black_box(matmul(x.view(), head.t()));
+    });
+    gemv_total += ms(d);
+    out.insert("gemv_head_ms".into(), json!(ms(d)));
+    out.insert("gemv_total_ms".into(), json!(gemv_total));
+    let read = best_of(reps, || {
+        for w in &all_weights {
+            let s: f32 = w.par_chunks(1 << 16).map(sum_lanes).sum();
+            std::hint::black_box(s);
+        }
+    });
+    out.insert("read_weights_ms".into(), json!(ms(read)));
+    out.insert("weight_bytes".into(), json!(bytes));
+    out.insert(
+        "read_weights_gbs".into(),
+        json!(bytes as f64 / read.as_secs_f64() / 1e9),
+    );
+    let mut cache = gpt2_ndarray::KvCache::new(model.config.n_layer);
+    let past: Vec<u32> = (0..128).collect();
+    let mut trace = gpt2_ndarray::Trace::off();
+    let logits = gpt2_ndarray::Logits::Last;
+    model
+        .forward_step(&past, None, &mut cache, logits, &mut trace)
+        .expect("prompt");
+    // Each run starts from a copy of the cache, made outside the clock.
+    let step = (0..reps)
+        .map(|_| {
+            let mut cache = cache.clone();
+            let start = Instant::now();
+            model
+                .forward_step(&[7], None, &mut cache, logits, &mut trace)
+                .expect("step");
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default();
+    let step_ms = ms(step);
+    out.insert("step_ms".into(), json!(step_ms));
+    out.insert("rest_ms".into(), json!(step_ms - gemv_total));
+    Value::Object(out)
 }
 
 /// Read bandwidth: sum 1 GiB of f32 (far larger than the caches), split over
@@ -360,6 +500,18 @@ fn matmul_gflops() -> f64 {
         std::hint::black_box(&c);
     });
     2.0 * 1024.0 * 768.0 * 3072.0 / secs.as_secs_f64() / 1e9
+}
+
+/// The CPU's model name (Linux), for the record.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// Peak resident memory of a child process that loads the model, prefills
@@ -464,7 +616,14 @@ fn write_random_gpt2(dir: &Path) -> Result<()> {
 }
 
 fn print_table(report: &Value) {
-    println!("\nGPT-2 small (124M, f32), random weights");
+    println!(
+        "\nGPT-2 small (124M, f32), random weights, on {}",
+        report["cpu"].as_str().unwrap_or("?")
+    );
+    println!("kernels:");
+    for (kernel, isa) in report["kernels"].as_object().into_iter().flatten() {
+        println!("  {kernel:<28} {}", isa.as_str().unwrap_or("?"));
+    }
     for run in report["runs"].as_array().into_iter().flatten() {
         let m = &run["machine"];
         println!(
@@ -496,6 +655,12 @@ fn print_table(report: &Value) {
             d["tokens_per_second"].as_f64().unwrap_or(0.0),
             d["fraction_of_bandwidth_limit"].as_f64().unwrap_or(0.0) * 100.0
         );
+        if let Some(p) = run["decode_profile"].as_object() {
+            println!("  decode profile (ms per step):");
+            for (k, v) in p {
+                println!("    {k:<30} {:>10.3}", v.as_f64().unwrap_or(0.0));
+            }
+        }
         let b = &run["batched_prefill"];
         println!(
             "  {:<34} {:>9.1} ms {:>17.0}%",

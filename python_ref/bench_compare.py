@@ -128,9 +128,9 @@ N_LAYER, N_EMBD, N_INNER, N_VOCAB = 12, 768, 3072, 50257
 # The prompt targets at 2 threads: (label, case, tokens, batch, the most
 # Rust's time may be as a fraction of transformers').
 PROMPT_TARGETS = [
-    ("prefill T=1024", CASES[5], 1024, 1, 0.7),
-    ("prefill T=128", CASES[3], 128, 1, 0.6),
-    ("batched prefill 8×128", CASES[7], 128, 8, 0.75),
+    ("prefill T=1024", CASES[5], 1024, 1, 0.8),
+    ("prefill T=128", CASES[3], 128, 1, 0.7),
+    ("batched prefill 8×128", CASES[7], 128, 8, 0.8),
 ]
 
 
@@ -381,8 +381,9 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def environment(torch: dict) -> dict[str, str]:
-    """Date, CPU, versions: what a reader needs to weigh the figures."""
+def environment(torch: dict, rust: dict | None = None) -> dict[str, str]:
+    """Date, CPU, the instruction set of each of the crate's kernels, versions:
+    what a reader needs to weigh the figures."""
 
     def command(*argv: str) -> str:
         try:
@@ -409,6 +410,14 @@ def environment(torch: dict) -> dict[str, str]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu}, {os.cpu_count()} logical CPUs",
+        "flags": " ".join(sorted({flag for line in Path("/proc/cpuinfo").read_text().splitlines()
+                                  if line.startswith("flags")
+                                  for flag in line.split(":", 1)[1].split()
+                                  if flag in ("avx", "avx2", "fma", "avx512f", "avx512bw",
+                                              "avx512dq", "avx512vl")})) or "?",
+        "the crate's kernels ran with": "; ".join(
+            f"{kernel}: {isa}" for kernel, isa in (rust or {}).get("kernels", {}).items())
+        or "? (a bench JSON from before the kernels were recorded)",
         "load average (1, 5, 15 min) when written": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "gpt2-ndarray": f"{crate}, commit {commit}",
         "rustc": command("rustc", "--version"),
@@ -421,7 +430,7 @@ def environment(torch: dict) -> dict[str, str]:
 
 
 def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], png: Path) -> None:
-    env = environment(torch)
+    env = environment(torch, rust)
     parts = [
         "# Benchmark: gpt2-ndarray vs transformers",
         "",

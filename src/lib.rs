@@ -91,7 +91,7 @@
 //! | (3)(8)(11) | [`reference::matmul`], [`reference::conv1d`], [`reference::head`] | `gemm.rs`, `linear.rs` | a matrix–vector kernel that streams each weight once (decoding), a register-tiled kernel that reads the weights in place (short prompts), the `gemm` crate's packed SIMD GEMM (long ones); the tied head reads `wte` as contiguous columns | `tests/kernels.rs` (every path, every size threshold, bit-identical across thread counts), `tests/kernels_vs_reference.rs` (`conv1d`) |
 //! | (2)(10) | [`reference::layer_norm`] | `norm.rs` | rows in parallel, sums over SIMD lanes | `tests/kernels_vs_reference.rs` |
 //! | (4)–(7) | [`reference::causal_self_attention`] | `attention.rs` | heads in parallel, 64-query blocks that skip the masked half, the softmax's division moved after `·v`; keys and values appended to a [`KvCache`] | `tests/kernels_vs_reference.rs` (lengths crossing 64, a cache, left padding) |
-//! | (6) | [`reference::softmax`] | `softmax.rs`, `fastmath.rs` | a vectorisable `exp`, lane-wise max and sum | `tests/kernels_vs_reference.rs`; `exp` and the lane sums in `tests/kernels.rs` |
+//! | (6) | [`reference::softmax`] | `softmax.rs`, `fastmath.rs` | a vectorisable `exp`, lane-wise max and sum, compiled for AVX-512, AVX2/FMA, AVX and portable/NEON and picked at run time (`simd.rs`) | `tests/kernels_vs_reference.rs`; `exp` and the lane sums in `tests/kernels.rs` |
 //! | (9) | [`reference::activation`] | `activation.rs` | the tanh GELU as `x·σ(2u)`: one vectorisable `exp` | `tests/kernels_vs_reference.rs` |
 //! | weights | — | [`weights::Matrix`] | `f32` tensors used in place from a memory-mapped `model.safetensors` | `tests/model_golden.rs` (both formats) |
 //!

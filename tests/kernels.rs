@@ -3,14 +3,39 @@
 //! matrix (a transposed view), 5–32 rows × a contiguous matrix (register
 //! tiles), many rows (tiled GEMM), odd sizes and strides.
 //! And the results must not depend on the thread count, bit for bit.
+//!
+//! Every test runs at every SIMD level this CPU has (`kernels::simd`:
+//! AVX-512, AVX2 + FMA, AVX, portable), forced one after the other; they
+//! take turns through one lock, since the level is global.
 
 mod common;
+
+use std::sync::Mutex;
 
 use common::{assert_close, Tol};
 use gpt2_ndarray::generate::Rng;
 use gpt2_ndarray::kernels::matmul;
+use gpt2_ndarray::kernels::simd::{self, force_simd, Simd};
 use gpt2_ndarray::reference::matmul as reference_matmul;
 use ndarray::{s, Array2};
+
+static LEVEL: Mutex<()> = Mutex::new(());
+
+/// Run `f` at every SIMD level the CPU has, best first, then go back to the best.
+fn at_every_level(mut f: impl FnMut(Simd)) {
+    let _turn = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+    let levels = simd::available();
+    assert!(levels.contains(&Simd::Portable));
+    for &level in &levels {
+        assert!(
+            force_simd(level),
+            "{level} is available but cannot be forced"
+        );
+        assert_eq!(simd::level(), level);
+        f(level);
+    }
+    force_simd(levels[0]);
+}
 
 fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
     let mut rng = Rng::new(seed);
@@ -29,6 +54,10 @@ fn tol(k: usize) -> Tol {
 
 #[test]
 fn every_matmul_path_equals_the_plain_definition() {
+    at_every_level(every_matmul_path_at_this_level);
+}
+
+fn every_matmul_path_at_this_level(level: Simd) {
     // (m, k, n): GEMV sizes (m <= 4) with k not a multiple of 4 or 16, and GEMM
     // sizes crossing the 256-row and 128-column tiles.
     for (m, k, n) in [
@@ -36,6 +65,10 @@ fn every_matmul_path_equals_the_plain_definition() {
         (1, 768, 300),
         (3, 37, 513),
         (4, 16, 16),
+        // Rows wider than 1024: the matrix–vector kernel adds 8 rows per
+        // pass, then the last k mod 8 one by one.
+        (1, 770, 1100),
+        (2, 45, 2304),
         (5, 9, 3),
         // The few-rows kernel (5..=32 rows): whole 6×16 tiles, a last partial
         // group of rows, columns past the last 16 (and a band of only those),
@@ -45,6 +78,13 @@ fn every_matmul_path_equals_the_plain_definition() {
         (13, 33, 391),
         (29, 770, 50),
         (32, 64, 1000),
+        // The AVX-512 tile (8 × 32): one group of 8 rows and one past it,
+        // whole 32-column strips, a tail of columns inside a strip, bands
+        // of 384 columns and a last narrower one, k past a multiple of 8.
+        (8, 16, 64),
+        (9, 31, 96),
+        (24, 200, 800),
+        (31, 9, 390),
         (33, 20, 30), // one row past it: the GEMM
         // Decoding batches times the tied head (a column-contiguous matrix,
         // the GEMM): odd rows, several 256-column bands, the batch sizes 48-65.
@@ -56,7 +96,7 @@ fn every_matmul_path_equals_the_plain_definition() {
     ] {
         let a = random(m, k, 1);
         let b = random(k, n, 2);
-        let name = format!("[{m},{k}]·[{k},{n}]");
+        let name = format!("[{m},{k}]·[{k},{n}] at {level}");
         let expected = reference_matmul(a.view(), b.view());
         assert_close(
             &format!("{name} row-major"),
@@ -87,6 +127,10 @@ fn every_matmul_path_equals_the_plain_definition() {
 
 #[test]
 fn products_accept_any_left_layout_and_add_into_the_output() {
+    at_every_level(any_left_layout_at_this_level);
+}
+
+fn any_left_layout_at_this_level(level: Simd) {
     use gpt2_ndarray::kernels::gemm::{matmul_into, Output};
     // Every kernel: matrix–vector, few rows, GEMM.
     for (m, k, n) in [(3, 40, 70), (16, 40, 70), (100, 40, 70)] {
@@ -96,7 +140,7 @@ fn products_accept_any_left_layout_and_add_into_the_output() {
         let a_slice = wide.slice(s![.., 2..k + 2]);
         let a_t_owned = random(k, m, 9);
         for (what, a) in [("sliced", a_slice), ("transposed", a_t_owned.t())] {
-            let name = format!("[{m},{k}]·[{k},{n}], a {what}");
+            let name = format!("[{m},{k}]·[{k},{n}], a {what}, at {level}");
             let start = random(m, n, 10);
             let mut c = start.clone();
             matmul_into(a, b.view(), c.view_mut(), Output::Accumulate);
@@ -113,10 +157,15 @@ fn products_accept_any_left_layout_and_add_into_the_output() {
 
 #[test]
 fn matmul_results_do_not_depend_on_the_thread_count() {
+    at_every_level(thread_counts_at_this_level);
+}
+
+fn thread_counts_at_this_level(level: Simd) {
     for (m, k, n) in [
         (1, 768, 2304),
         (2, 300, 1000),
         (16, 300, 1000),
+        (29, 100, 1000),
         (7, 64, 17),
         (41, 300, 1000),
         (260, 96, 400),
@@ -136,8 +185,56 @@ fn matmul_results_do_not_depend_on_the_thread_count() {
             assert_eq!(
                 run(threads),
                 one,
-                "[{m},{k}]·[{k},{n}] with {threads} threads"
+                "[{m},{k}]·[{k},{n}] with {threads} threads at {level}"
             );
+        }
+    }
+}
+
+/// The crate's own kernels give the same bits at every level: the matrix–
+/// vector kernels and the reductions never fuse a multiply and an add, so
+/// only the vector width changes; the few-rows kernel's AVX2 (6 × 16) and
+/// AVX-512 (8 × 32) tiles form each sum as one chain of fused multiply–adds
+/// in order of `k`. (The `gemm` crate's packed GEMM picks its own kernels and
+/// is not compared.)
+#[test]
+fn the_levels_agree_bit_for_bit() {
+    use gpt2_ndarray::kernels::fastmath::{dot_lanes, exp_sum, max_lanes, sum_lanes};
+    let mut results = Vec::new();
+    at_every_level(|level| {
+        let products: Vec<_> = [(1, 768, 2304), (3, 301, 517), (7, 100, 400), (30, 77, 1000)]
+            .into_iter()
+            .map(|(m, k, n)| {
+                let (a, b) = (random(m, k, 11), random(k, n, 12));
+                let bt = b.t().as_standard_layout().into_owned();
+                (m, matmul(a.view(), b.view()), matmul(a.view(), bt.t()))
+            })
+            .collect();
+        let x: Vec<f32> = random(1, 1001, 13).into_raw_vec_and_offset().0;
+        let y: Vec<f32> = random(1, 1001, 14).into_raw_vec_and_offset().0;
+        let mut e = x.clone();
+        let sums = [
+            sum_lanes(&x),
+            dot_lanes(&x, &y),
+            max_lanes(&x),
+            exp_sum(&mut e, 1.0),
+        ];
+        results.push((level, products, sums, e));
+    });
+    let (best, products, sums, e) = &results[0];
+    for (level, other_products, other_sums, other_e) in &results[1..] {
+        assert_eq!(other_sums, sums, "reductions at {level} vs {best}");
+        assert_eq!(other_e, e, "exp at {level} vs {best}");
+        for ((m, p, pt), (_, q, qt)) in products.iter().zip(other_products) {
+            // The few-rows kernel runs only where multiply–adds fuse; at the
+            // other levels those rows go to the gemm crate.
+            let fused = |l: &Simd| l.fuses_multiply_add() || *m <= 4;
+            if fused(best) && fused(level) {
+                assert_eq!(p, q, "{m} rows at {level} vs {best}");
+            }
+            if *m <= 4 {
+                assert_eq!(pt, qt, "{m} rows, bᵀ, at {level} vs {best}");
+            }
         }
     }
 }
@@ -179,6 +276,10 @@ fn fast_exp_is_within_two_ulp_everywhere_it_is_finite() {
 /// their fixed order (the same input gives the same bits).
 #[test]
 fn lane_reductions_match_plain_loops() {
+    at_every_level(|_| lane_reductions_at_this_level());
+}
+
+fn lane_reductions_at_this_level() {
     use gpt2_ndarray::kernels::fastmath::{dot_lanes, max_lanes, sum_lanes};
     for n in [0usize, 1, 15, 16, 17, 100, 769] {
         let x: Vec<f32> = random(1, n, 7).into_raw_vec_and_offset().0;

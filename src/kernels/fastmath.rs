@@ -10,23 +10,16 @@
 //! data, never on the machine or the thread count. `f32::exp` is a call into
 //! the C library, one element at a time; [`exp`] is inlined into the loop that
 //! uses it and vectorised with it.
+//!
+//! Each public loop here is compiled for every SIMD level of
+//! [`simd`](super::simd) (AVX-512, AVX2 + FMA, AVX, portable/NEON) and runs
+//! the one the CPU has. None of them fuses a multiply and an add, so every
+//! level gives the same bits: only the vector width changes.
 
-use multiversion::multiversion;
+pub(crate) use super::simd::simd_targets;
 
 /// Partial sums kept by the reductions below.
 const LANES: usize = 16;
-
-/// The instruction sets the loops below are also compiled for; the best one
-/// the CPU has is picked at run time (by `multiversion`). The code is the same
-/// for every target and none of it fuses a multiply and an add, so every
-/// version gives the same bits: only the vector width changes.
-macro_rules! simd_targets {
-    ($item:item) => {
-        #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-        $item
-    };
-}
-pub(crate) use simd_targets;
 
 /// Add the lanes pairwise, in a fixed order.
 ///
@@ -188,7 +181,7 @@ pub fn sigmoid(x: f32) -> f32 {
 simd_targets! {
     /// `xᵢ ← f(xᵢ)` for every element, with `f` inlined into a loop compiled
     /// for the CPU's widest vectors (the activations, elementwise).
-    pub fn map_inplace<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+    pub fn map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32) {
         for v in x.iter_mut() {
             *v = f(*v);
         }

@@ -9,12 +9,16 @@
 //! every weight twice and writing it once. The matrix–vector kernels below
 //! read each weight exactly once, front to back, in the order it lies in
 //! memory. With many rows (a long prompt) the product is bound by arithmetic
-//! instead, and a packed GEMM with AVX2/FMA micro-kernels chosen at run time
-//! (the `gemm` crate) is what we want. In between (5 to 32 rows: a short
+//! instead, and a packed GEMM with AVX-512 or AVX2/FMA micro-kernels chosen
+//! at run time (the `gemm` crate, with its `x86-v4` kernels) is what we want. In between (5 to 32 rows: a short
 //! prompt, a batch of decoding steps) each weight is still used only a few
 //! times, so packing it costs as much as the arithmetic; a third kernel keeps
-//! a 6 × 16 block of the output in registers and reads the weights where
-//! they lie, eight rows at a time.
+//! a 6 × 16 block of the output in registers (8 × 32 with AVX-512) and reads
+//! the weights where they lie, eight rows at a time.
+//!
+//! The crate's own kernels here run at the SIMD level of [`super::simd`]
+//! (AVX-512, AVX2 + FMA, AVX, portable/NEON); [`kernel_paths`] says which
+//! each kernel uses on this machine.
 //!
 //! Every output element is computed by one thread, in an order that depends
 //! on the shapes only — never on the number of threads or on how the work was
@@ -23,9 +27,8 @@
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use multiversion::multiversion;
-
-use super::fastmath::{dot, simd_targets};
+use super::fastmath::dot;
+use super::simd::{self, simd_targets, Simd};
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
@@ -116,30 +119,64 @@ pub fn product(
             return gemv_columns(a, b, c, output, threads);
         }
     }
-    if m <= FEW_ROWS_MAX && fused_multiply_add() {
+    let level = simd::level();
+    if m <= FEW_ROWS_MAX && level.fuses_multiply_add() {
         if let Some(w) = b.as_slice() {
-            return few_rows(a, w, n, c, output, threads);
+            #[cfg(target_arch = "x86_64")]
+            if level == Simd::Avx512 {
+                let kernel = |p: &[f32], g, k, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
+                    // SAFETY: the level is `Avx512` only on a CPU that was
+                    // detected to have AVX-512 F (see `simd::level`).
+                    unsafe { band_tiles_8x32(p, g, k, w, ldw, strips, t) }
+                };
+                return few_rows::<8, 32>(a, w, n, c, output, threads, kernel);
+            }
+            return few_rows::<TILE_ROWS, TILE_COLS>(a, w, n, c, output, threads, band_tiles);
         }
     }
     gemm(a, b, c.view_mut(), output, threads);
 }
 
-/// Whether [`few_rows`] runs as fused multiply–adds in vector registers here:
-/// its loop is compiled for AVX2 with FMA and for NEON (see `simd_targets!`);
-/// anywhere else `f32::mul_add` would be a library call per element, and the
-/// `gemm` crate is faster.
-fn fused_multiply_add() -> bool {
+/// The instruction set each kernel runs with on this machine now, as
+/// `(kernel, ISA)` pairs: the crate's own loops follow [`simd::level`]; the
+/// `gemm` crate's packed GEMM detects its own.
+pub fn kernel_paths() -> Vec<(&'static str, String)> {
+    let level = simd::level();
+    let few_rows = if !level.fuses_multiply_add() {
+        "none (the GEMM takes these rows)".to_string()
+    } else if level == Simd::Avx512 {
+        format!("{level} (8 × 32 tile, intrinsics)")
+    } else {
+        format!("{level} (6 × 16 tile)")
+    };
+    vec![
+        ("gemv (decoding, head)", level.to_string()),
+        ("few rows (5–32)", few_rows),
+        ("gemm crate (many rows)", gemm_crate_isa().to_string()),
+        ("softmax, GELU, layer norm", level.to_string()),
+    ]
+}
+
+/// The micro-kernels the `gemm` crate picks here (it asks the CPU itself;
+/// this crate enables its `x86-v4` AVX-512 kernels).
+fn gemm_crate_isa() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "avx2+fma";
+        }
+        "scalar"
     }
     #[cfg(target_arch = "aarch64")]
     {
-        std::arch::is_aarch64_feature_detected!("neon")
+        "neon"
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        false
+        "scalar"
     }
 }
 
@@ -212,9 +249,10 @@ fn gemm(
     }
 }
 
-/// Output rows held in registers by [`few_rows`] at once.
+/// Output rows held in registers by [`few_rows`] at once (AVX2, NEON; 8 with AVX-512).
 const TILE_ROWS: usize = 6;
-/// Output columns held in registers by [`few_rows`] at once (two 8-lane vectors).
+/// Output columns held in registers by [`few_rows`] at once: two 8-lane
+/// vectors (32, two 16-lane vectors, with AVX-512).
 const TILE_COLS: usize = 16;
 /// Rows of the weight [`few_rows`] reads per step: eight 64-byte pieces that
 /// stay in the L1 cache while every group of six output rows uses them.
@@ -227,8 +265,10 @@ const FEW_ROWS_BAND: usize = 384;
 /// `w: [k, n]` (given as its contiguous slice), read in place.
 ///
 /// Each task owns a band of [`FEW_ROWS_BAND`] output columns. Its sums live
-/// in tiles of 6 rows × 16 columns; the rows of `a` are first laid out as
-/// panels `[m/6][k][6]` so that the six numbers one step needs are adjacent.
+/// in tiles of `R` rows × `C` columns (6 × 16 in twelve AVX2 or NEON
+/// registers, 8 × 32 in sixteen AVX-512 ones); the rows of `a` are first
+/// laid out as panels `[m/R][k][R]` so that the `R` numbers one step needs
+/// are adjacent.
 /// For every 8 rows of `w` (`k0..k0+8`), each 16-column piece of those rows
 /// comes from memory once and is then read from the L1 cache by every panel,
 /// whose 6 × 16 sums stay in registers: per row of `w`, two vector loads, six
@@ -239,47 +279,48 @@ const FEW_ROWS_BAND: usize = 384;
 /// Every output is one chain of fused multiply–adds over `k` in order,
 /// started from zero and then written into (or added to) `c`: the same bits
 /// whatever the thread count, on every CPU that runs it (`mul_add` rounds once).
-fn few_rows(
+fn few_rows<const R: usize, const C: usize>(
     a: ArrayView2<f32>,
     w: &[f32],
     n: usize,
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
+    kernel: impl Fn(&[f32], usize, usize, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
 ) {
     let (m, k) = a.dim();
     debug_assert_eq!(w.len(), k * n);
-    // Panels of TILE_ROWS rows of `a`: panels[(g·k + l)·6 + i] = a[6g + i, l],
+    // Panels of R rows of `a`: panels[(g·k + l)·R + i] = a[Rg + i, l],
     // zero past the last row (those sums are computed and not stored).
-    let groups = m.div_ceil(TILE_ROWS);
-    let mut panels = vec![0.0f32; groups * k * TILE_ROWS];
+    let groups = m.div_ceil(R);
+    let mut panels = vec![0.0f32; groups * k * R];
     for (r, row) in a.rows().into_iter().enumerate() {
-        let (g, i) = (r / TILE_ROWS, r % TILE_ROWS);
-        let panel = &mut panels[g * k * TILE_ROWS..(g + 1) * k * TILE_ROWS];
-        for (step, &x) in panel.chunks_exact_mut(TILE_ROWS).zip(row) {
+        let (g, i) = (r / R, r % R);
+        let panel = &mut panels[g * k * R..(g + 1) * k * R];
+        for (step, &x) in panel.chunks_exact_mut(R).zip(row) {
             step[i] = x;
         }
     }
     let band = |(j, mut c_band): (usize, ArrayViewMut2<f32>)| {
         let (j0, width) = (j * FEW_ROWS_BAND, c_band.ncols());
-        let strips = width / TILE_COLS;
-        let mut tiles = vec![[0.0f32; TILE_COLS]; groups * strips * TILE_ROWS];
-        band_tiles(&panels, groups, k, &w[j0..], n, strips, &mut tiles);
+        let strips = width / C;
+        let mut tiles = vec![[0.0f32; C]; groups * strips * R];
+        kernel(&panels, groups, k, &w[j0..], n, strips, &mut tiles);
         for (r, mut c_row) in c_band.rows_mut().into_iter().enumerate() {
-            let (g, i) = (r / TILE_ROWS, r % TILE_ROWS);
+            let (g, i) = (r / R, r % R);
             for s in 0..strips {
-                let sums = &tiles[(g * strips + s) * TILE_ROWS + i];
-                let c_piece = c_row.slice_mut(s![s * TILE_COLS..(s + 1) * TILE_COLS]);
+                let sums = &tiles[(g * strips + s) * R + i];
+                let c_piece = c_row.slice_mut(s![s * C..(s + 1) * C]);
                 c_piece
                     .into_iter()
                     .zip(sums)
                     .for_each(|(c, &v)| output.store(c, v));
             }
             // The last columns, fewer than a tile: the same chain, one at a time.
-            let panel = &panels[g * k * TILE_ROWS..(g + 1) * k * TILE_ROWS];
-            for jj in strips * TILE_COLS..width {
+            let panel = &panels[g * k * R..(g + 1) * k * R];
+            for jj in strips * C..width {
                 let column = w[j0 + jj..].iter().step_by(n);
-                let steps = panel.chunks_exact(TILE_ROWS);
+                let steps = panel.chunks_exact(R);
                 let v = steps
                     .zip(column)
                     .fold(0.0f32, |acc, (x, &wv)| x[i].mul_add(wv, acc));
@@ -343,6 +384,70 @@ fn tile_steps(steps: &[f32], w: &[f32], ldw: usize, tile: &mut [[f32; TILE_COLS]
     *tile = acc;
 }
 
+/// [`band_tiles`] for AVX-512: tiles of 8 rows × 32 columns, the sums in
+/// sixteen 16-lane registers; per row of `w`, two vector loads, eight
+/// broadcasts and sixteen fused multiply–adds. Each sum is the same chain of
+/// fused multiply–adds over `l`, in order, as in [`tile_steps`], so the
+/// result has the same bits as the AVX2 and NEON versions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn band_tiles_8x32(
+    panels: &[f32],
+    groups: usize,
+    k: usize,
+    w: &[f32],
+    ldw: usize,
+    strips: usize,
+    tiles: &mut [[f32; 32]],
+) {
+    use std::arch::x86_64::_mm512_storeu_ps;
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
+    const R: usize = 8;
+    for k0 in (0..k).step_by(TILE_DEPTH) {
+        let depth = TILE_DEPTH.min(k - k0);
+        for s in 0..strips {
+            let w_block = &w[k0 * ldw + s * 32..];
+            // The 32 weights of each of the `depth` rows, bounds-checked once
+            // per block here rather than per load below.
+            let w_rows: [&[f32; 32]; TILE_DEPTH] = std::array::from_fn(|l| {
+                let l = l.min(depth - 1);
+                w_block[l * ldw..l * ldw + 32]
+                    .try_into()
+                    .expect("32 columns")
+            });
+            for g in 0..groups {
+                let steps = &panels[(g * k + k0) * R..][..depth * R];
+                let tile = &mut tiles[(g * strips + s) * R..][..R];
+                // SAFETY: every pointer below is the start of a `[f32; 32]`
+                // (a row of `tile` or of `w_rows`), read or written at
+                // offsets 0 and 16 as 16 `f32`s: inside the array. Unaligned
+                // loads and stores (`loadu`, `storeu`) need no alignment.
+                // The caller runs this only where AVX-512 F was detected.
+                unsafe {
+                    let mut acc: [[__m512; 2]; R] = std::array::from_fn(|i| {
+                        let p = tile[i].as_ptr();
+                        [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
+                    });
+                    for (l, x) in steps.chunks_exact(R).enumerate() {
+                        let p = w_rows[l].as_ptr();
+                        let (w0, w1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                        for i in 0..R {
+                            let xi = _mm512_set1_ps(x[i]);
+                            acc[i][0] = _mm512_fmadd_ps(xi, w0, acc[i][0]);
+                            acc[i][1] = _mm512_fmadd_ps(xi, w1, acc[i][1]);
+                        }
+                    }
+                    for (row, [a0, a1]) in tile.iter_mut().zip(acc) {
+                        let p = row.as_mut_ptr();
+                        _mm512_storeu_ps(p, a0);
+                        _mm512_storeu_ps(p.add(16), a1);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A few rows times a matrix whose rows are contiguous (a `Conv1D` weight
 /// `[in, out]`, as it lies in the checkpoint): `cₜ = Σᵢ aₜᵢ · bᵢ`, adding
 /// whole rows of `b`, each scaled by one number.
@@ -389,35 +494,54 @@ fn gemv_rows(
     }
 }
 
-/// Rows of weights that [`add_scaled_rows`] adds in one pass over the sums.
-const ROWS_PER_PASS: usize = 4;
+/// Rows of weights that [`add_scaled_rows`] adds in one pass over wide sums.
+const ROWS_PER_PASS: usize = 8;
+/// Sums at most this wide get one row of weights per pass (see [`add_scaled_rows`]).
+const NARROW: usize = 1024;
 
 simd_targets! {
-    /// `acc += Σᵢ xᵢ · rows[i]`, [`ROWS_PER_PASS`] rows at a time (one pass
-    /// over `acc`, which stays in the L1 cache, per four rows of weights, which
-    /// stream from memory). Each sum is formed in the same order whatever the
-    /// vector width: `(x₀w₀ + x₁w₁ + x₂w₂ + x₃w₃)` added to `acc`.
+    /// `acc += Σᵢ xᵢ · rows[i]`, in passes over `acc` (which stays in the L1
+    /// cache) while the rows of weights stream from memory.
+    ///
+    /// How many rows one pass adds depends on the width of `acc` only (so
+    /// never on the thread count or the SIMD level), and was measured on
+    /// GPT-2's shapes (`examples/bench.rs --case decode-profile`): rows of
+    /// at most [`NARROW`] weights (`attn.c_proj`, `mlp.c_proj`: 3 KB) are
+    /// read best one after the other, a single sequential stream, each pass
+    /// `(acc + x·w)`; wider rows (`c_attn`, `c_fc`: 9–12 KB, where a pass
+    /// per row would move as many bytes of `acc` through the L1 cache as of
+    /// weights) [`ROWS_PER_PASS`] at a time, each pass
+    /// `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)`.
     fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
-        const R: usize = ROWS_PER_PASS;
-        let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
-        let k = rows.nrows();
-        let mut i = 0;
-        while i + R <= k {
-            let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
-            let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
-            for (j, y) in acc.iter_mut().enumerate() {
-                let mut s = x[0] * w[0][j];
-                for r in 1..R {
-                    s += x[r] * w[r][j];
-                }
-                *y += s;
-            }
-            i += R;
+        if acc.len() <= NARROW {
+            scaled_row_passes::<1>(acc, rows, xs)
+        } else {
+            scaled_row_passes::<ROWS_PER_PASS>(acc, rows, xs)
         }
-        for (i, &xi) in xs.iter().enumerate().skip(i) {
-            for (y, &w) in acc.iter_mut().zip(row(i)) {
-                *y += xi * w;
+    }
+}
+
+/// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
+#[inline(always)]
+fn scaled_row_passes<const R: usize>(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
+    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
+    let k = rows.nrows();
+    let mut i = 0;
+    while i + R <= k {
+        let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
+        let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
+        for (j, y) in acc.iter_mut().enumerate() {
+            let mut s = x[0] * w[0][j];
+            for r in 1..R {
+                s += x[r] * w[r][j];
             }
+            *y += s;
+        }
+        i += R;
+    }
+    for (i, &xi) in xs.iter().enumerate().skip(i) {
+        for (y, &w) in acc.iter_mut().zip(row(i)) {
+            *y += xi * w;
         }
     }
 }
@@ -429,9 +553,10 @@ simd_targets! {
     fn dot_columns(
         rows: &[&[f32]],
         b_band: ArrayView2<f32>,
-        mut c_band: ArrayViewMut2<f32>,
+        c_band: ArrayViewMut2<f32>,
         output: Output,
     ) {
+        let mut c_band = c_band;
         for (j, column) in b_band.columns().into_iter().enumerate() {
             let column = column.to_slice().expect("unit row stride");
             for (t, row) in rows.iter().enumerate() {

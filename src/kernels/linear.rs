@@ -14,7 +14,7 @@ use crate::weights::Conv1D;
 /// Any strides, so a transposed view (`w.t()`) costs no copy. With a few rows
 /// (decoding) it streams `b` once through a matrix–vector kernel; with up to
 /// 32 (a short prompt) a register-tiled kernel reads a row-major `b` in place;
-/// with more it runs the `gemm` crate's packed SIMD GEMM on the current thread
+/// with more it runs the `gemm` crate's packed AVX-512 or AVX2/FMA GEMM on the current thread
 /// pool — see [`super::gemm`]. The result never depends on the number of
 /// threads. Proven equal to the reference by `tests/kernels.rs`.
 pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {

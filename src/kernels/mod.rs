@@ -19,6 +19,10 @@
 //! | [`attention::multi_head_attention`] | [`reference::multi_head_attention`] | `tests/kernels_vs_reference.rs` |
 //! | [`fastmath`] (lane sums, `exp`) | `ndarray`'s `.sum()`, `f32::exp` | `tests/kernels.rs` |
 //!
+//! The SIMD loops are compiled for AVX-512, AVX2/FMA, AVX and portable/NEON
+//! and picked at run time by [`simd`]; `tests/kernels.rs` runs every level
+//! the CPU has.
+//!
 //! The module is public but hidden (`#[doc(hidden)]`, no semver promise) only
 //! so that the kernel tests and `examples/bench.rs` can reach the kernels.
 
@@ -31,6 +35,7 @@ pub mod fastmath;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod simd;
 pub mod softmax;
 
 pub use attention::{attend, multi_head_attention, multi_head_attention_with_maps, AttentionMaps};
