@@ -16,7 +16,7 @@
 //! | [`norm::layer_norm`] | [`reference::layer_norm`] | `tests/kernels_vs_reference.rs` |
 //! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels_vs_reference.rs` |
 //! | `Activation::apply_inplace` ([`activation`]) | [`reference::activation`] | `tests/kernels_vs_reference.rs` |
-//! | [`attention::multi_head_attention`] | [`reference::multi_head_attention`] | `tests/kernels_vs_reference.rs` |
+//! | [`attention::attend`], what the model runs (and its two forms [`attention::multi_head_attention`], [`attention::multi_head_attention_with_maps`]) | [`reference::split_heads`] → [`reference::multi_head_attention`] → [`reference::merge_heads`] | `tests/kernels_vs_reference.rs` |
 //! | [`fastmath`] (lane sums, `exp`) | `ndarray`'s `.sum()`, `f32::exp` | `tests/kernels.rs` |
 //!
 //! The SIMD loops are compiled for AVX-512, AVX2/FMA, AVX and portable/NEON
