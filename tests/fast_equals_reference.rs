@@ -258,6 +258,43 @@ fn cached_steps_equal_the_reference_of_the_whole_sequence() {
     }
 }
 
+/// Every prompt length from 1 to `n_positions` on a random config, from
+/// scratch and one token at a time through the cache: each gives the
+/// reference's logits.
+#[test]
+fn every_length_from_one_to_n_positions_equals_the_reference() {
+    for (k, config) in random_configs().into_iter().enumerate().take(2) {
+        let model = random_model(config, 2000 + k as u64);
+        let n = model.config.n_positions;
+        let ids = random_ids(n, model.config.vocab_size, 7 + k as u64);
+        let slow = reference::forward(&model, &ids);
+        let mut cache = KvCache::new(model.config.n_layer);
+        for t in 1..=n {
+            let fast = model.forward(&ids[..t]).expect("forward");
+            let expected = reference::forward(&model, &ids[..t]);
+            let name = format!("random {k} T={t} logits");
+            assert_close(
+                &name,
+                fast.view().into_dyn(),
+                expected.logits().into_dyn(),
+                FAST,
+            );
+            let step = model
+                .forward_step(
+                    &ids[t - 1..t],
+                    None,
+                    &mut cache,
+                    Logits::All,
+                    &mut Trace::off(),
+                )
+                .expect("cached step");
+            let expected = slow.logits().slice_move(s![t - 1..t, ..]);
+            let name = format!("random {k} cached position {}", t - 1);
+            assert_close(&name, step.view().into_dyn(), expected.into_dyn(), FAST);
+        }
+    }
+}
+
 /// A padded batch (one full row, one left-padded, one right-padded) gives at
 /// each real position the reference's logits of that sequence alone.
 #[test]

@@ -93,6 +93,7 @@ fn every_matmul_path_at_this_level(level: Simd) {
         (64, 40, 70),
         (65, 24, 33),
         (300, 70, 260),
+        (1024, 24, 70), // a whole GPT-2 context in one product
     ] {
         let a = random(m, k, 1);
         let b = random(k, n, 2);
