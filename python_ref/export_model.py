@@ -133,6 +133,28 @@ LONG_TEXT = (
 )
 
 
+def randomize(model, std, g):
+    """Draw every weight of `model.transformer` from `g` with the scales `std` (see STD):
+    LayerNorm gains around 1, biases and embeddings and each kind of Conv1D at its own scale."""
+
+    def randn(p, scale):
+        return torch.randn(p.shape, generator=g, dtype=torch.float32) * scale
+
+    with torch.no_grad():
+        for name, module in model.transformer.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1.0 + randn(module.weight, std["ln.weight"]))
+                module.bias.copy_(randn(module.bias, std["ln.bias"]))
+            elif isinstance(module, nn.Embedding):
+                module.weight.copy_(randn(module.weight, std[name]))
+            elif isinstance(module, Conv1D):
+                key = "attn.c_proj" if name.endswith("attn.c_proj") else (
+                    "mlp.c_proj" if name.endswith("mlp.c_proj") else name.rsplit(".", 1)[-1]
+                )
+                module.weight.copy_(randn(module.weight, std[key]))
+                module.bias.copy_(randn(module.bias, std["conv.bias"]))
+
+
 def build_random_model():
     """The committed golden model: transformers' GPT2LMHeadModel with our random weights."""
     torch.manual_seed(SEED)  # transformers' own init draws from the global generator
@@ -140,23 +162,7 @@ def build_random_model():
     model = GPT2LMHeadModel(config).eval()
     assert model.config._attn_implementation == "eager"
     g = torch.Generator().manual_seed(SEED)
-
-    def randn(p, std):
-        return torch.randn(p.shape, generator=g, dtype=torch.float32) * std
-
-    with torch.no_grad():
-        for name, module in model.transformer.named_modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.copy_(1.0 + randn(module.weight, STD["ln.weight"]))
-                module.bias.copy_(randn(module.bias, STD["ln.bias"]))
-            elif isinstance(module, nn.Embedding):
-                module.weight.copy_(randn(module.weight, STD[name]))
-            elif isinstance(module, Conv1D):
-                key = "attn.c_proj" if name.endswith("attn.c_proj") else (
-                    "mlp.c_proj" if name.endswith("mlp.c_proj") else name.rsplit(".", 1)[-1]
-                )
-                module.weight.copy_(randn(module.weight, STD[key]))
-                module.bias.copy_(randn(module.bias, STD["conv.bias"]))
+    randomize(model, STD, g)
     assert model.lm_head.weight is model.transformer.wte.weight, "the head must be tied to wte"
     return model
 

@@ -41,9 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.pytorch_utils import Conv1D
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_model as em  # noqa: E402  (sets one thread and deterministic algorithms)
@@ -71,27 +69,13 @@ def build(overrides, seed):
     config = GPT2Config(**{**BASE, **overrides}, attn_implementation="eager")
     model = GPT2LMHeadModel(config).eval()
     g = torch.Generator().manual_seed(seed)
-
-    def randn(p, std):
-        return torch.randn(p.shape, generator=g, dtype=torch.float32) * std
-
-    with torch.no_grad():
-        for name, module in model.transformer.named_modules():
-            if isinstance(module, nn.LayerNorm):
-                module.weight.copy_(1.0 + randn(module.weight, STD["ln.weight"]))
-                module.bias.copy_(randn(module.bias, STD["ln.bias"]))
-            elif isinstance(module, nn.Embedding):
-                module.weight.copy_(randn(module.weight, STD[name]))
-            elif isinstance(module, Conv1D):
-                key = "attn.c_proj" if name.endswith("attn.c_proj") else (
-                    "mlp.c_proj" if name.endswith("mlp.c_proj") else name.rsplit(".", 1)[-1]
-                )
-                module.weight.copy_(randn(module.weight, STD[key]))
-                module.bias.copy_(randn(module.bias, STD["conv.bias"]))
-        tied = model.lm_head.weight is model.transformer.wte.weight
-        assert tied == config.tie_word_embeddings
-        if not tied:
-            model.lm_head.weight.copy_(randn(model.lm_head.weight, STD["lm_head"]))
+    em.randomize(model, STD, g)
+    tied = model.lm_head.weight is model.transformer.wte.weight
+    assert tied == config.tie_word_embeddings
+    if not tied:
+        with torch.no_grad():
+            w = model.lm_head.weight
+            w.copy_(torch.randn(w.shape, generator=g, dtype=torch.float32) * STD["lm_head"])
     return model
 
 
