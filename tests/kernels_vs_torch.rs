@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::{assert_close, golden_dir, read_f32, Tol, SINGLE_OP};
+use common::blocks::{golden, golden1, golden2, golden_scalar};
+use common::{assert_close, golden_dir, Tol, SINGLE_OP};
 use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::kernels::activation as kernel;
 use gpt2_ndarray::kernels::norm::{mean, variance};
@@ -17,29 +18,9 @@ use gpt2_ndarray::kernels::{
     softmax_inplace,
 };
 use gpt2_ndarray::weights::{Conv1D, LayerNorm};
-use ndarray::{arr1, Array, Array1, Array2, ArrayD, Dimension, Ix1, Ix2};
+use ndarray::{arr1, Array, Dimension};
 
 // ------------------------------------------------------------------ helpers
-
-/// `golden/blocks/<name>.npy`, e.g. `golden("dot_1d.a")`.
-fn golden(name: &str) -> ArrayD<f32> {
-    read_f32(golden_dir().join("blocks").join(format!("{name}.npy")))
-}
-
-fn golden1(name: &str) -> Array1<f32> {
-    golden(name).into_dimensionality::<Ix1>().expect(name)
-}
-
-fn golden2(name: &str) -> Array2<f32> {
-    golden(name).into_dimensionality::<Ix2>().expect(name)
-}
-
-/// A scalar, stored as a 1-element array.
-fn golden_scalar(name: &str) -> f32 {
-    let a = golden1(name);
-    assert_eq!(a.len(), 1, "{name} should hold one number");
-    a[0]
-}
 
 /// Compare `got` with the golden `<name>.npy`.
 fn check<D: Dimension>(name: &str, got: &Array<f32, D>, tol: Tol) {

@@ -8,9 +8,10 @@ mod common;
 
 use std::path::Path;
 
+use common::blocks::{golden, golden1, golden2, golden_scalar};
 use common::{
-    assert_close, golden_dir, read_f32, reference_cases, variant_dirs, variant_prompt,
-    variants_manifest, Tol, MODEL, SINGLE_OP,
+    assert_close, read_f32, reference_cases, variant_dirs, variant_prompt, variants_manifest, Tol,
+    MODEL, SINGLE_OP,
 };
 use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::reference::{
@@ -19,29 +20,10 @@ use gpt2_ndarray::reference::{
 };
 use gpt2_ndarray::weights::{Conv1D, LayerNorm};
 use gpt2_ndarray::{Config, Gpt2};
-use ndarray::{arr1, Array, Array1, Array2, ArrayD, Dimension, Ix1, Ix2};
+use ndarray::{arr1, Array, Array2, Dimension};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
-
-/// `golden/blocks/<name>.npy`.
-fn golden(name: &str) -> ArrayD<f32> {
-    read_f32(golden_dir().join("blocks").join(format!("{name}.npy")))
-}
-
-fn golden1(name: &str) -> Array1<f32> {
-    golden(name).into_dimensionality::<Ix1>().expect(name)
-}
-
-fn golden2(name: &str) -> Array2<f32> {
-    golden(name).into_dimensionality::<Ix2>().expect(name)
-}
-
-fn golden_scalar(name: &str) -> f32 {
-    let a = golden1(name);
-    assert_eq!(a.len(), 1, "{name} should hold one number");
-    a[0]
-}
 
 /// Compare `got` with the golden `<name>.npy`.
 fn check<D: Dimension>(name: &str, got: &Array<f32, D>, tol: Tol) {

@@ -8,6 +8,8 @@
 //! hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod blocks;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
