@@ -195,18 +195,12 @@ fn check_attention(label: &str, tq: usize, tk: usize, pad: usize, rng: &mut Rng)
     );
     let merged = reference::merge_heads(expected.out.view());
 
-    let name = format!("{label}: multi_head_attention Tq={tq} Tk={tk} pad={pad}");
-    let got = kernels::multi_head_attention(q.view(), k.view(), v.view(), n_head, scale, key_mask);
+    let name = format!("{label}: attend Tq={tq} Tk={tk} pad={pad}");
+    let (got, _) = kernels::attend(q.view(), k.view(), v.view(), n_head, scale, key_mask, false);
     check(&name, &real_rows(&got), &merged, SINGLE_OP);
 
-    let (got, maps) = kernels::multi_head_attention_with_maps(
-        q.view(),
-        k.view(),
-        v.view(),
-        n_head,
-        scale,
-        key_mask,
-    );
+    let (got, maps) = kernels::attend(q.view(), k.view(), v.view(), n_head, scale, key_mask, true);
+    let maps = maps.expect("maps were asked for");
     check(
         &format!("{name} (with maps)"),
         &real_rows(&got),

@@ -13,10 +13,7 @@ use common::{assert_close, golden_dir, Tol, SINGLE_OP};
 use gpt2_ndarray::config::Activation;
 use gpt2_ndarray::kernels::activation as kernel;
 use gpt2_ndarray::kernels::norm::{mean, variance};
-use gpt2_ndarray::kernels::{
-    conv1d, layer_norm, matmul, multi_head_attention, multi_head_attention_with_maps, softmax,
-    softmax_inplace,
-};
+use gpt2_ndarray::kernels::{attend, conv1d, layer_norm, matmul, softmax, softmax_inplace};
 use gpt2_ndarray::weights::{Conv1D, LayerNorm};
 use ndarray::{arr1, Array, Dimension};
 
@@ -249,7 +246,7 @@ fn silu_matches_transformers() {
 
 // ------------------------------------------------------------------ attention
 
-/// `multi_head_attention` and `_with_maps` (output, scores, probabilities) of
+/// `attend` without and with the maps (output, scores, probabilities) of
 /// `case` with `n_head` heads, against per-head `F.scaled_dot_product_attention`.
 fn check_mha(case: &str, n_head: usize) {
     let [q, k, v] = ["q", "k", "v"].map(|t| golden2(&format!("{case}.{t}")));
@@ -262,10 +259,11 @@ fn check_mha(case: &str, n_head: usize) {
     let key_mask = key_mask.as_ref().map(|m| m.view());
     let (q, k, v) = (q.view(), k.view(), v.view());
 
-    let out = multi_head_attention(q, k, v, n_head, scale, key_mask);
+    let (out, _) = attend(q, k, v, n_head, scale, key_mask, false);
     check(&format!("{case}.out"), &out, SINGLE_OP);
 
-    let (out, maps) = multi_head_attention_with_maps(q, k, v, n_head, scale, key_mask);
+    let (out, maps) = attend(q, k, v, n_head, scale, key_mask, true);
+    let maps = maps.expect("maps were asked for");
     check(&format!("{case}.out"), &out, SINGLE_OP);
     check(&format!("{case}.scores"), &maps.scores, SINGLE_OP); // -inf where masked
     check(&format!("{case}.probs"), &maps.probs, SINGLE_OP);

@@ -41,44 +41,15 @@ pub struct AttentionMaps {
     pub probs: Array3<f32>,
 }
 
-/// Multi-head causal attention: split heads, attend, merge.
-///
-/// Shapes: `q: [Tq, C]`, `k, v: [Tk, C]` with `C = n_head·d` → `[Tq, C]`.
-/// Head `h` is the column slice `h·d .. (h+1)·d` of each of `q`, `k`, `v`
-/// (a view, no copy) and its output lands in the same columns of the result,
-/// which is the "merge". Heads run in parallel.
-pub fn multi_head_attention(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
-    n_head: usize,
-    scale: f32,
-    key_mask: Option<ArrayView1<bool>>,
-) -> Array2<f32> {
-    attend(q, k, v, n_head, scale, key_mask, false).0
-}
-
-/// [`multi_head_attention`] that also returns every head's scores and probabilities,
-/// `[n_head, Tq, Tk]` each: what [`Trace`](crate::Trace) records as
-/// `h.{i}.attn.scores` and `h.{i}.attn.probs`, and what
-/// [`inspect`](crate::inspect) draws.
-pub fn multi_head_attention_with_maps(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
-    n_head: usize,
-    scale: f32,
-    key_mask: Option<ArrayView1<bool>>,
-) -> (Array2<f32>, AttentionMaps) {
-    let (merged, maps) = attend(q, k, v, n_head, scale, key_mask, true);
-    (merged, maps.expect("maps were requested"))
-}
-
-/// Multi-head causal attention, keeping every head's scores and
-/// probabilities `[n_head, Tq, Tk]` when `keep_maps` (what a trace records
-/// and [`inspect`](crate::inspect) draws). The fast twin of
+/// Multi-head causal attention: split heads, attend, merge, keeping every
+/// head's scores and probabilities `[n_head, Tq, Tk]` when `keep_maps` (what
+/// a trace records as `h.{i}.attn.scores`/`probs` and
+/// [`inspect`](crate::inspect) draws). The fast twin of
 /// [`reference::split_heads`] → [`reference::multi_head_attention`] →
-/// [`reference::merge_heads`]: `q: [Tq, C]`, `k, v: [Tk, C]` → `[Tq, C]`.
+/// [`reference::merge_heads`]: `q: [Tq, C]`, `k, v: [Tk, C]` with
+/// `C = n_head·d` → `[Tq, C]`. Head `h` is the column slice `h·d .. (h+1)·d`
+/// of each of `q`, `k`, `v` (a view, no copy) and its output lands in the
+/// same columns of the result, which is the "merge". Heads run in parallel.
 pub fn attend(
     q: ArrayView2<f32>,
     k: ArrayView2<f32>,

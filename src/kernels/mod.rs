@@ -16,7 +16,7 @@
 //! | [`norm::layer_norm`] | [`reference::layer_norm`] | `tests/kernels_vs_reference.rs` |
 //! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels_vs_reference.rs` |
 //! | `Activation::apply_inplace` ([`activation`]) | [`reference::activation`] | `tests/kernels_vs_reference.rs` |
-//! | [`attention::attend`], what the model runs (and its two forms [`attention::multi_head_attention`], [`attention::multi_head_attention_with_maps`]) | [`reference::split_heads`] → [`reference::multi_head_attention`] → [`reference::merge_heads`] | `tests/kernels_vs_reference.rs` |
+//! | [`attention::attend`] | [`reference::split_heads`] → [`reference::multi_head_attention`] → [`reference::merge_heads`] | `tests/kernels_vs_reference.rs` |
 //! | [`fastmath`] (lane sums, `exp`) | `ndarray`'s `.sum()`, `f32::exp` | `tests/kernels.rs` |
 //!
 //! The SIMD loops are compiled for AVX-512, AVX2/FMA, AVX and portable/NEON
@@ -38,7 +38,7 @@ pub mod norm;
 pub mod simd;
 pub mod softmax;
 
-pub use attention::{attend, multi_head_attention, multi_head_attention_with_maps, AttentionMaps};
+pub use attention::{attend, AttentionMaps};
 pub use linear::{conv1d, matmul};
 pub use norm::layer_norm;
 pub use softmax::{softmax, softmax_inplace, softmax_slice};
