@@ -356,19 +356,21 @@ impl Gpt2 {
         trace: &mut Trace,
     ) -> Array2<f32> {
         let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
-        let one = sequences.len() == 1;
-        if let [seq] = sequences {
-            let (k, v) = seq.cache.keys_values(i); // [Tk, C] each: cached positions and these
-            for (name, t) in [("attn.q", q.view()), ("attn.k", k), ("attn.v", v)] {
-                if trace.wants_in(i, name) {
-                    trace.record_in(i, name, split_heads(t, n_head).view());
+        // Only a trace of one sequence records q, k, v and the maps.
+        let keep_maps = match sequences {
+            [seq] => {
+                let (k, v) = seq.cache.keys_values(i); // [Tk, C]: cached positions and these
+                for (name, t) in [("attn.q", q.view()), ("attn.k", k), ("attn.v", v)] {
+                    if trace.wants_in(i, name) {
+                        trace.record_in(i, name, split_heads(t, n_head).view());
+                    }
                 }
+                ["attn.scores", "attn.probs"]
+                    .iter()
+                    .any(|m| trace.wants_in(i, m))
             }
-        }
-        let keep_maps = one
-            && ["attn.scores", "attn.probs"]
-                .iter()
-                .any(|m| trace.wants_in(i, m));
+            _ => false,
+        };
 
         let mut heads: Vec<(Array2<f32>, Option<AttentionMaps>)> = sequences
             .par_iter()
