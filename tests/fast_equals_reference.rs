@@ -23,6 +23,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::tensor_names;
 use common::{
     assert_close, golden_dir, read_f32, variant_dirs, variant_prompt, variants_manifest, Tol,
     MODEL, TRAINED,
@@ -332,12 +333,7 @@ fn padded_batch_equals_the_reference_of_each_sequence() {
 #[test]
 fn fast_model_matches_transformers_on_every_config_variant() {
     let manifest = variants_manifest();
-    let names: Vec<&str> = manifest["tensors"]
-        .as_array()
-        .expect("tensors")
-        .iter()
-        .map(|v| v.as_str().expect("name"))
-        .collect();
+    let names = tensor_names(&manifest);
     let (short, long) = (variant_prompt("short"), variant_prompt("long"));
     for (variant, dir) in variant_dirs() {
         let model = Gpt2::from_dir(&dir).expect("variant");

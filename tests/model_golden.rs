@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, golden_dir, read_f32, reference_cases, MODEL};
+use common::{assert_close, golden_dir, read_f32, reference_cases, tensor_names, MODEL};
 use gpt2_ndarray::model::WeightsFormat;
 use gpt2_ndarray::{Gpt2, Trace};
 use ndarray::{Array2, ArrayD};
@@ -48,12 +48,7 @@ fn formats(dir: &Path) -> Vec<WeightsFormat> {
 fn every_activation_matches_transformers_for_both_checkpoint_formats() {
     for case in reference_cases() {
         let manifest = manifest(&case.reference);
-        let names: Vec<&str> = manifest["tensors"]
-            .as_array()
-            .expect("tensors")
-            .iter()
-            .map(|v| v.as_str().expect("name"))
-            .collect();
+        let names = tensor_names(&manifest);
         let found = formats(&case.model);
         assert!(!found.is_empty(), "no weights in {}", case.model.display());
         for format in found {

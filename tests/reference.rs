@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::blocks::{golden, golden1, golden2, golden_scalar};
+use common::tensor_names;
 use common::{
     assert_close, read_f32, reference_cases, variant_dirs, variant_prompt, variants_manifest, Tol,
     MODEL, SINGLE_OP,
@@ -227,15 +228,6 @@ fn manifest(reference: &Path) -> Value {
     serde_json::from_str(&text).expect("manifest.json is JSON")
 }
 
-fn names(manifest: &Value) -> Vec<String> {
-    manifest["tensors"]
-        .as_array()
-        .expect("tensors")
-        .iter()
-        .map(|v| v.as_str().expect("name").to_owned())
-        .collect()
-}
-
 fn ids(value: &Value) -> Vec<u32> {
     value
         .as_array()
@@ -270,7 +262,7 @@ fn check_forward(label: &str, model: &Gpt2, ids: &[u32], dir: &Path, names: &[St
 fn reference_forward_matches_transformers_step_by_step() {
     for case in reference_cases() {
         let manifest = manifest(&case.reference);
-        let names = names(&manifest);
+        let names = tensor_names(&manifest);
         let model = Gpt2::from_dir(&case.model).expect("load");
         for prompt in manifest["prompts"].as_array().expect("prompts") {
             let dir = case.reference.join(prompt["name"].as_str().expect("name"));
@@ -286,7 +278,7 @@ fn reference_forward_matches_transformers_step_by_step() {
 #[test]
 fn reference_forward_matches_transformers_on_every_config_variant() {
     let manifest = variants_manifest();
-    let names = names(&manifest);
+    let names = tensor_names(&manifest);
     let (short, long) = (variant_prompt("short"), variant_prompt("long"));
     let variants = variant_dirs();
     assert_eq!(variants.len(), 7);

@@ -279,3 +279,14 @@ pub fn variant_prompt(name: &str) -> Vec<u32> {
         .map(|v| v.as_u64().expect("id") as u32)
         .collect()
 }
+
+/// The tensor names a golden manifest lists (`manifest["tensors"]`), in the
+/// order the forward pass computes them.
+pub fn tensor_names(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_owned())
+        .collect()
+}
