@@ -357,3 +357,38 @@ fn reference_tier_uses_no_kernel_no_threads_no_unsafe() {
     let lines = gpt2[start..start + len].lines().count();
     assert!(lines <= 80, "reference::forward is {lines} lines");
 }
+
+/// `Gradients::named` lists every parameter of the checkpoint, by its name and
+/// shape, once (a tied head is `wte`): the golden model and the untied variant.
+#[test]
+fn gradient_names_and_shapes_are_the_checkpoints_parameters() {
+    use gpt2_ndarray::reference::Gradients;
+    let dirs = [
+        common::golden_dir().join("model"),
+        common::golden_dir().join("variants/untied"),
+    ];
+    for dir in dirs {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut expected: Vec<(String, Vec<usize>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                (
+                    n.trim_start_matches("transformer.").to_string(),
+                    t.shape().to_vec(),
+                )
+            })
+            .filter(|(n, _)| !n.ends_with(".attn.bias") && !n.ends_with(".attn.masked_bias"))
+            .collect();
+        expected.sort();
+        let model = Gpt2::from_dir(&dir).unwrap();
+        let mut got: Vec<(String, Vec<usize>)> = Gradients::zeros_like(&model)
+            .named()
+            .into_iter()
+            .map(|(n, g)| (n, g.shape().to_vec()))
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{}", dir.display());
+    }
+}

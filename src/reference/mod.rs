@@ -78,6 +78,7 @@ use crate::{
 mod activation;
 mod attention;
 mod gpt2;
+mod gradients;
 mod linear;
 mod norm;
 mod softmax;
@@ -88,6 +89,9 @@ pub use attention::{
     split_heads, AttentionSteps, Head, Heads,
 };
 pub use gpt2::{block, embedding, forward, head, mlp, Activations, BlockSteps, MlpSteps};
+pub use gradients::{
+    BlockGradients, Conv1DGradients, Gradients, LayerNormGradients, BLOCK_PARAMETERS,
+};
 pub use linear::{conv1d, dot, matmul};
 pub use norm::{layer_norm, mean, variance};
 pub use softmax::{softmax, softmax_rows};
