@@ -152,6 +152,7 @@ pub mod perplexity;
 pub mod reference;
 pub mod tokenizer;
 pub mod trace;
+pub mod train;
 pub mod weights;
 
 pub use config::Config;
