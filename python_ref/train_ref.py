@@ -1,7 +1,9 @@
 """Golden files for training (issue 17): the optimiser step and 10-step runs, in PyTorch.
 
     python3 python_ref/train_ref.py            # writes golden/train/
-    python3 python_ref/train_ref.py replay ... # (see `replay` below) a run of examples/train
+    python3 python_ref/train_ref.py replay --model DIR --data FILE --out DIR --log LOG.jsonl \
+        --steps N --batch B --seq T --lr LR --warmup W --weight-decay WD --grad-clip C [--val]
+                                               # replays a run of examples/train in PyTorch
 
 Everything here follows the procedure `src/train/` implements, so that the Rust tests can
 compare step by step:
@@ -234,7 +236,58 @@ def variant_golden(name):
     })
 
 
+def replay(argv):
+    """Replay a run of examples/train in PyTorch: the same model, text, settings and data order.
+    Compares every step's loss, lr and grad_norm with the Rust run's --log-json file, then loads
+    the Rust run's --out directory with transformers and compares its weights with PyTorch's
+    after the same steps. Prints the largest differences."""
+    import argparse
+    p = argparse.ArgumentParser(prog="train_ref.py replay")
+    for flag in ("--model", "--data", "--out", "--log"):
+        p.add_argument(flag, required=True)
+    for flag in ("--steps", "--batch", "--seq", "--warmup"):
+        p.add_argument(flag, type=int, required=True)
+    for flag in ("--lr", "--weight-decay", "--grad-clip"):
+        p.add_argument(flag, type=float, required=True)
+    p.add_argument("--val", action="store_true", help="the run had --val-every (trains on 90%%)")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    tokens = GPT2TokenizerFast.from_pretrained(a.model)(Path(a.data).read_text())["input_ids"]
+    if a.val:
+        tokens = tokens[:len(tokens) - len(tokens) // 10]
+    model = load(a.model)
+    log = train(model, tokens, a.steps, a.batch, a.seq, a.lr, a.warmup, a.weight_decay,
+                a.grad_clip)
+    rust = [json.loads(line) for line in Path(a.log).read_text().splitlines()]
+    assert len(rust) == len(log), f"{len(rust)} steps logged, {len(log)} replayed"
+    worst = {}
+    for r, t in zip(rust, log):
+        assert r["step"] == t["step"]
+        for key in ("loss", "lr", "grad_norm"):
+            rel = abs(r[key] - t[key]) / abs(t[key])
+            worst[key] = max(worst.get(key, 0.0), rel)
+        print(f"step {t['step']:4d}  loss rust {r['loss']:.6f} torch {t['loss']:.6f}  "
+              f"grad_norm rust {r['grad_norm']:.5f} torch {t['grad_norm']:.5f}")
+    for key, rel in worst.items():
+        print(f"largest relative difference of {key}: {rel:.2e}")
+    saved = GPT2LMHeadModel.from_pretrained(a.out, attn_implementation="eager")
+    print(f"transformers loaded {a.out} ({saved.dtype}, {saved.num_parameters()} parameters)")
+    mine = params_dict(saved)
+    diffs = [(float((mine[n].float() - p.float()).abs().max()), n) for n, p in params_dict(model).items()]
+    d, n = max(diffs)
+    print(f"largest |weight difference| between the Rust run's saved model and PyTorch's: {d:.2e} ({n})")
+    x = torch.tensor([tokens[:a.seq]])
+    with torch.no_grad():
+        l_rust = saved.float()(x).logits
+        l_torch = model(x).logits
+    print(f"largest |logit difference| on the first {a.seq} tokens: {float((l_rust - l_torch).abs().max()):.2e} "
+          f"(logits up to {float(l_torch.abs().max()):.1f})")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "replay":
+        return replay(sys.argv[2:])
     optimizer_golden()
     model_golden()
     for name in ("untied", "gelu"):
