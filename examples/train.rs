@@ -55,16 +55,16 @@ struct Args {
     #[arg(long)]
     seq: usize,
     /// Peak learning rate (warm-up to it, then cosine down to a tenth of it).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     lr: f64,
     /// Steps of linear warm-up (fewer than --steps).
     #[arg(long)]
     warmup: usize,
     /// AdamW's decoupled weight decay, on weights of two or more dimensions only.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     weight_decay: f64,
     /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     grad_clip: f32,
     /// Every K steps, the loss on the last 10% of the tokens (then not trained on).
     #[arg(long)]
@@ -73,13 +73,13 @@ struct Args {
     #[arg(long)]
     log_json: Option<PathBuf>,
     /// AdamW's β₁.
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     beta1: f64,
     /// AdamW's β₂.
-    #[arg(long, default_value_t = 0.999, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.999, allow_hyphen_values = true)]
     beta2: f64,
     /// AdamW's ε.
-    #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-8, allow_hyphen_values = true)]
     eps: f64,
     /// The saved weights' dtype (default: the input model's).
     #[arg(long, value_enum)]
