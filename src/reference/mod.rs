@@ -80,18 +80,29 @@ mod attention;
 mod gpt2;
 mod gradients;
 mod linear;
+mod loss;
 mod norm;
 mod softmax;
 
-pub use activation::{activation, gelu, gelu_fast, gelu_new, quick_gelu, relu, sigmoid, silu};
-pub use attention::{
-    attention_head, attention_scale, causal_self_attention, merge_heads, multi_head_attention,
-    split_heads, AttentionSteps, Head, Heads,
+pub use activation::{
+    activation, activation_backward, gelu, gelu_derivative, gelu_fast, gelu_fast_derivative,
+    gelu_new, gelu_new_derivative, quick_gelu, quick_gelu_derivative, relu, relu_derivative,
+    sigmoid, silu, silu_derivative,
 };
-pub use gpt2::{block, embedding, forward, head, mlp, Activations, BlockSteps, MlpSteps};
+pub use attention::{
+    attention_head, attention_head_backward, attention_scale, causal_self_attention,
+    causal_self_attention_backward, merge_heads, merge_heads_backward, multi_head_attention,
+    multi_head_attention_backward, split_heads, split_heads_backward, AttentionSteps, Head, Heads,
+};
+pub use gpt2::{
+    backward, block, block_backward, embedding, embedding_backward, forward, forward_steps, head,
+    head_backward, loss_and_gradients, mlp, mlp_backward, Activations, BlockSteps, MlpSteps,
+    ModelSteps,
+};
 pub use gradients::{
     BlockGradients, Conv1DGradients, Gradients, LayerNormGradients, BLOCK_PARAMETERS,
 };
-pub use linear::{conv1d, dot, matmul};
-pub use norm::{layer_norm, mean, variance};
-pub use softmax::{softmax, softmax_rows};
+pub use linear::{conv1d, conv1d_backward, dot, matmul, matmul_backward};
+pub use loss::{cross_entropy, cross_entropy_backward};
+pub use norm::{layer_norm, layer_norm_backward, mean, variance};
+pub use softmax::{softmax, softmax_backward, softmax_rows, softmax_rows_backward};
