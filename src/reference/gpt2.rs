@@ -332,7 +332,7 @@ pub fn block_backward(
 }
 
 /// The backward of [`head`], `logits = x·Wᵀ`: `∂x = dlogits·W` and
-/// `∂W = dlogitsᵀ·x` ([`matmul_backward`] with `B = Wᵀ`). `W` is `lm_head`
+/// `∂W = dlogitsᵀ·x` ([`matmul_backward`](super::matmul_backward) with `B = Wᵀ`). `W` is `lm_head`
 /// if given, else `wte`; with a tied head the caller adds `∂W` into `wte`'s
 /// gradient, beside the embedding's rows.
 ///
