@@ -74,9 +74,8 @@ def save(case, about, **tensors):
 
 
 def backward(y, dy, *leaves):
-    """Autograd's gradients of `(y · dy).sum()` with respect to `leaves`."""
-    grads = torch.autograd.grad(y, leaves, grad_outputs=dy)
-    return grads
+    """Autograd's gradients of `(y · dy).sum()` with respect to `leaves`: dy is ∂loss/∂y."""
+    return torch.autograd.grad(y, leaves, grad_outputs=dy)
 
 
 def tiny_config(**overrides):
@@ -89,12 +88,12 @@ def tiny_config(**overrides):
 def randomize_module(module, scale=0.5):
     """Every parameter random (LayerNorm gains around 1): no zero bias hides a missing term."""
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            if isinstance(module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module, nn.LayerNorm) \
-                    and name.endswith("weight"):
-                p.copy_(1.0 + randn(*p.shape, scale=0.2))
-            else:
-                p.copy_(randn(*p.shape, scale=scale))
+        for sub in module.modules():
+            for name, p in sub.named_parameters(recurse=False):
+                if isinstance(sub, nn.LayerNorm) and name == "weight":
+                    p.copy_(1.0 + randn(*p.shape, scale=0.2))
+                else:
+                    p.copy_(randn(*p.shape, scale=scale))
 
 
 # ---------------------------------------------------------------- one box at a time

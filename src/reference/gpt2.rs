@@ -405,7 +405,22 @@ pub fn backward(model: &Gpt2, steps: &ModelSteps, dlogits: ArrayView2<f32>, grad
 /// then `loss.backward()`: `tests/backward.rs` checks it on the golden models.
 /// Keeps every step of the `B` forward passes and `B·T·vocab` logits twice:
 /// this is the tier for reading, not for big batches. Panics if the shapes
-/// differ, or as [`forward_steps`] does.
+/// differ, the batch is empty, a target is `≥ vocab_size`, or as
+/// [`forward_steps`] does.
+///
+/// ```no_run
+/// use gpt2_ndarray::{reference, Gpt2};
+/// use ndarray::array;
+/// # fn main() -> anyhow::Result<()> {
+/// let model = Gpt2::from_dir("models/kjv-gpt2")?;
+/// let inputs = array![[818u32, 262]]; // "In the": predict " the", then " beginning"
+/// let targets = array![[262u32, 3726]];
+/// let (loss, grads) = reference::loss_and_gradients(&model, inputs.view(), targets.view());
+/// for (name, g) in grads.named() {
+///     println!("{name} {:?}", g.shape()); // wte.weight [50257, C], ..., ln_f.bias [C]
+/// }
+/// # Ok(()) }
+/// ```
 pub fn loss_and_gradients(
     model: &Gpt2,
     inputs: ArrayView2<u32>,
@@ -416,6 +431,7 @@ pub fn loss_and_gradients(
         targets.dim(),
         "inputs and targets are both [B, T]"
     );
+    assert!(inputs.nrows() > 0, "need at least one row");
     let t = inputs.ncols();
     let runs: Vec<ModelSteps> = inputs
         .rows()
