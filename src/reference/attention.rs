@@ -251,16 +251,17 @@ pub fn multi_head_attention_backward(
 }
 
 /// The backward of [`causal_self_attention`] in block `layer`: from
-/// `dy = ∂loss/∂c_proj`, the gradient of its input `x` and those of `c_attn`
-/// and `c_proj` (`(∂x, ∂c_attn, ∂c_proj)`), each forward step undone in
-/// reverse order:
+/// `dy = ∂loss/∂c_proj` (the layer's output), the gradient of its input `x`
+/// and of the weights of `c_attn` and `c_proj`, returned in that order. Each
+/// forward step is undone in reverse order:
 ///
 /// ```text
-/// c_proj = conv1d(merged)        ∂merged, ∂c_proj      conv1d_backward     [T, C]
-/// merged = merge_heads(out)      ∂out                  merge_heads_backward [n_head, T, d]
-/// out = attention(q, k, v)       ∂q, ∂k, ∂v            multi_head_attention_backward (same scale)
-/// q | k | v = split(c_attn)      ∂c_attn = ∂q | ∂k | ∂v  split_heads_backward, side by side [T, 3C]
-/// c_attn = conv1d(x)             ∂x, ∂c_attn           conv1d_backward     [T, C]
+/// forward step                backward                                   gives
+/// c_proj = conv1d(merged)     conv1d_backward                            ∂merged [T, C], c_proj's weights'
+/// merged = merge_heads(out)   merge_heads_backward                       ∂out [n_head, T, d]
+/// out = attention(q, k, v)    multi_head_attention_backward (same scale) ∂q, ∂k, ∂v [n_head, T, d]
+/// q | k | v = split(c_attn)   split_heads_backward, side by side         ∂c_attn = ∂q | ∂k | ∂v [T, 3C]
+/// c_attn = conv1d(x)          conv1d_backward                            ∂x [T, C], c_attn's weights'
 /// ```
 ///
 /// `steps` are the forward's, `x` its input (the `ln_1` output).
