@@ -141,9 +141,11 @@ fn run(args: Args) -> Result<()> {
     let mut trainer = Trainer::new(model, &tokens, config)
         .with_context(|| format!("cannot train on {}", args.data.display()))?;
     let mut log = match &args.log_json {
-        Some(path) => Some(BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
+        Some(path) => {
+            Some(BufWriter::new(File::create(path).with_context(|| {
+                format!("cannot create {}", path.display())
+            })?))
+        }
         None => None,
     };
 

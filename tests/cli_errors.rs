@@ -193,7 +193,11 @@ fn train_refuses_bad_input_in_one_line_and_writes_nothing() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let text = tmp.join("text.txt");
-    std::fs::write(&text, "In the beginning God created the heaven and the earth. ".repeat(20)).unwrap();
+    std::fs::write(
+        &text,
+        "In the beginning God created the heaven and the earth. ".repeat(20),
+    )
+    .unwrap();
     let empty = tmp.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     let short = tmp.join("short.txt");
@@ -230,7 +234,10 @@ fn train_refuses_bad_input_in_one_line_and_writes_nothing() {
             .collect()
     };
     let cases: Vec<(Vec<String>, String)> = vec![
-        (args(&empty, &out, &[]), format!("error: {} is empty", p(&empty))),
+        (
+            args(&empty, &out, &[]),
+            format!("error: {} is empty", p(&empty)),
+        ),
         (
             args(&short, &out, &[]),
             format!(
@@ -261,7 +268,10 @@ fn train_refuses_bad_input_in_one_line_and_writes_nothing() {
         ),
         (
             args(&text, &full, &[]),
-            format!("error: the output directory {} exists and is not empty", p(&full)),
+            format!(
+                "error: the output directory {} exists and is not empty",
+                p(&full)
+            ),
         ),
     ];
     for (args, expected) in cases {

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_close, golden_dir, Tol};
 use gpt2_ndarray::checkpoint::{safetensors::read_safetensors, Dtype, Tensors};
-use gpt2_ndarray::reference::Gradients;
-use gpt2_ndarray::train::{
-    self, batch_at, parameters, step_with, AdamW, AdamWConfig, Schedule,
-};
+use gpt2_ndarray::reference::{self, Gradients};
+use gpt2_ndarray::train::{self, batch_at, parameters, step_with, AdamW, AdamWConfig, Schedule};
 use gpt2_ndarray::{Gpt2, Tokenizer};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -22,7 +20,10 @@ fn train_dir() -> PathBuf {
 
 fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e} (run python3 python_ref/train_ref.py)", path.display())
+        panic!(
+            "cannot read {}: {e} (run python3 python_ref/train_ref.py)",
+            path.display()
+        )
     });
     serde_json::from_str(&text).expect("JSON")
 }
@@ -76,7 +77,10 @@ fn the_schedule_is_nanogpts_warmup_then_cosine_to_a_tenth() {
         assert!(!err.is_empty());
     }
     let err = Schedule::new(1e-3, 10, 10).unwrap_err().to_string();
-    assert_eq!(err, "the warm-up (10 steps) must be shorter than the run (10 steps)");
+    assert_eq!(
+        err,
+        "the warm-up (10 steps) must be shorter than the run (10 steps)"
+    );
 }
 
 #[test]
@@ -101,7 +105,10 @@ fn batches_follow_the_fixed_order_and_wrap_around() {
 /// The rate of step `k` is Python's `f64` formula: equal up to the last bit
 /// of `cos` (Rust's and the C library's may round it differently).
 fn assert_lr(got: f64, want: f64, k: usize) {
-    assert!((got - want).abs() <= 1e-14 * want, "lr of step {k}: {got} vs {want}");
+    assert!(
+        (got - want).abs() <= 1e-14 * want,
+        "lr of step {k}: {got} vs {want}"
+    );
 }
 
 /// Gradients shaped like `model`, their values `tensors["{prefix}{name}"]`.
@@ -148,7 +155,10 @@ fn assert_parameters(what: &str, model: &Gpt2, expected: &Tensors, tol: Tol, mov
             }
             let sl = ndarray::Slice::from(c..2 * c);
             let (p, e) = (p.slice_axis(Axis(0), sl), e.slice_axis(Axis(0), sl));
-            let loose = Tol { atol: 2.0 * moved, rtol: 0.0 };
+            let loose = Tol {
+                atol: 2.0 * moved,
+                rtol: 0.0,
+            };
             assert_close(&format!("{label} (k: its gradient is 0)"), p, e, loose);
         } else {
             let outliers: Vec<f32> = p
@@ -186,7 +196,10 @@ fn clipping_schedule_and_adamw_with_nanogpt_groups_match_torch_over_six_steps() 
     let s = &golden["settings"];
     let f = |k: &str| s[k].as_f64().expect(k);
     let mut model = Gpt2::from_dir(&dir).unwrap();
-    assert!(model.lm_head.is_some(), "the optimiser's model has an untied head");
+    assert!(
+        model.lm_head.is_some(),
+        "the optimiser's model has an untied head"
+    );
     let config = AdamWConfig {
         beta1: f("beta1"),
         beta2: f("beta2"),
@@ -203,22 +216,54 @@ fn clipping_schedule_and_adamw_with_nanogpt_groups_match_torch_over_six_steps() 
         let lr = schedule.lr_at(k);
         assert_lr(lr, expected["lr"].as_f64().unwrap(), k);
         let g = gradients_from(&model, &grads, &format!("{k}/"));
-        let (_, norm) = step_with(&mut model, &mut opt, &batch, lr, f("grad_clip") as f32, |_, _, _| {
-            Ok((0.0, g))
-        })
+        let (_, norm) = step_with(
+            &mut model,
+            &mut opt,
+            &batch,
+            lr,
+            f("grad_clip") as f32,
+            |_, _, _| Ok((0.0, g)),
+        )
         .unwrap();
         let want = expected["grad_norm"].as_f64().unwrap() as f32;
-        assert!((norm - want).abs() <= 1e-6 * want, "grad norm of step {k}: {norm} vs {want}");
+        assert!(
+            (norm - want).abs() <= 1e-6 * want,
+            "grad norm of step {k}: {norm} vs {want}"
+        );
         clipped += usize::from(want > f("grad_clip") as f32);
     }
-    assert!(clipped > 0 && clipped < steps, "some steps clip, some do not");
+    assert!(
+        clipped > 0 && clipped < steps,
+        "some steps clip, some do not"
+    );
     let final_params = read_tensors(&dir.join("final.safetensors"));
     let n = assert_parameters("after 6 steps", &model, &final_params, OPTIMISER, 0.0);
     assert_eq!(n, parameters(&model).len(), "every parameter compared");
 }
 
-/// The run of `log.json` (`settings`, `tokens`) with the fast step; returns the model.
-fn replay(model_dir: &Path, golden: &serde_json::Value) -> Gpt2 {
+/// Where a step's loss and gradients come from.
+#[derive(Clone, Copy, Debug)]
+enum Tier {
+    /// `train::loss_and_gradients`, on the kernels.
+    Fast,
+    /// `reference::loss_and_gradients`, plain `ndarray`.
+    Reference,
+}
+
+fn gradients(
+    tier: Tier,
+    model: &Gpt2,
+    inputs: ArrayView2<u32>,
+    targets: ArrayView2<u32>,
+) -> anyhow::Result<(f32, Gradients)> {
+    match tier {
+        Tier::Fast => train::loss_and_gradients(model, inputs, targets),
+        Tier::Reference => Ok(reference::loss_and_gradients(model, inputs, targets)),
+    }
+}
+
+/// The run of `log.json` (`settings`, `tokens`) with the step of `tier`; returns the model.
+fn replay(model_dir: &Path, golden: &serde_json::Value, tier: Tier) -> Gpt2 {
     let s = &golden["settings"];
     let u = |k: &str| s[k].as_u64().expect(k) as usize;
     let f = |k: &str| s[k].as_f64().expect(k);
@@ -241,12 +286,15 @@ fn replay(model_dir: &Path, golden: &serde_json::Value) -> Gpt2 {
             &batch,
             lr,
             f("clip") as f32,
-            train::loss_and_gradients,
+            |m, x, y| gradients(tier, m, x, y),
         )
         .unwrap();
         let want = |key: &str| expected[key].as_f64().unwrap() as f32;
         assert_lr(lr, expected["lr"].as_f64().unwrap(), k);
-        for (what, got, want) in [("loss", loss, want("loss")), ("grad_norm", norm, want("grad_norm"))] {
+        for (what, got, want) in [
+            ("loss", loss, want("loss")),
+            ("grad_norm", norm, want("grad_norm")),
+        ] {
             worst = worst.max((got - want).abs() / want.abs());
             assert!(
                 (got - want).abs() <= TRAJECTORY.rtol * want.abs(),
@@ -255,7 +303,10 @@ fn replay(model_dir: &Path, golden: &serde_json::Value) -> Gpt2 {
             );
         }
     }
-    println!("{}: losses and gradient norms within {worst:.2e} (relative) of PyTorch's", model_dir.display());
+    println!(
+        "{} ({tier:?}): losses and gradient norms within {worst:.2e} (relative) of PyTorch's",
+        model_dir.display()
+    );
     model
 }
 
@@ -289,12 +340,26 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
         .unwrap()
         .encode(golden["text"].as_str().unwrap())
         .unwrap();
-    assert_eq!(tokens, ids(&golden["tokens"]), "the text tokenizes as transformers does");
-    let model = replay(&model_dir, &golden);
+    assert_eq!(
+        tokens,
+        ids(&golden["tokens"]),
+        "the text tokenizes as transformers does"
+    );
+    let model = replay(&model_dir, &golden, Tier::Fast);
 
     let expected = read_tensors(&dir.join("final.safetensors"));
-    let n = assert_parameters("golden model after 10 steps", &model, &expected, TRAJECTORY, lr_sum(&golden));
-    assert_eq!(n, parameters(&model).len() - 2, "all but wte and wpe in full");
+    let n = assert_parameters(
+        "golden model after 10 steps",
+        &model,
+        &expected,
+        TRAJECTORY,
+        lr_sum(&golden),
+    );
+    assert_eq!(
+        n,
+        parameters(&model).len() - 2,
+        "all but wte and wpe in full"
+    );
     let rows = ids(&golden["wte_rows"]);
     let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
     let wte = model.wte.view();
@@ -304,10 +369,18 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
         expected["wte.rows"].view(),
         TRAJECTORY,
     );
-    let wpe_rows: Vec<usize> = ids(&golden["wpe_rows"]).iter().map(|&r| r as usize).collect();
+    let wpe_rows: Vec<usize> = ids(&golden["wpe_rows"])
+        .iter()
+        .map(|&r| r as usize)
+        .collect();
     assert_close(
         "wpe: sampled rows",
-        model.wpe.view().select(Axis(0), &wpe_rows).into_dyn().view(),
+        model
+            .wpe
+            .view()
+            .select(Axis(0), &wpe_rows)
+            .into_dyn()
+            .view(),
         expected["wpe.rows"].view(),
         TRAJECTORY,
     );
@@ -317,19 +390,132 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
         "wte: projections over every row",
         projections(wte, count).into_dyn().view(),
         expected["wte.proj"].view(),
-        Tol { atol: 1e-4, rtol: 1e-4 },
+        Tol {
+            atol: 1e-4,
+            rtol: 1e-4,
+        },
     );
 }
 
 #[test]
-fn ten_steps_on_an_untied_head_and_on_the_erf_gelu_match_pytorch() {
+fn ten_steps_on_an_untied_head_and_on_the_erf_gelu_match_pytorch_on_both_tiers() {
     for name in ["untied", "gelu"] {
         let dir = train_dir().join("variants").join(name);
         let golden = read_json(&dir.join("log.json"));
-        let model = replay(&golden_dir().join("variants").join(name), &golden);
-        let expected = read_tensors(&dir.join("final.safetensors"));
-        let n = assert_parameters(name, &model, &expected, TRAJECTORY, lr_sum(&golden));
-        assert_eq!(n, parameters(&model).len(), "{name}: every parameter compared");
+        for tier in [Tier::Fast, Tier::Reference] {
+            let model = replay(&golden_dir().join("variants").join(name), &golden, tier);
+            let expected = read_tensors(&dir.join("final.safetensors"));
+            let what = format!("{name} ({tier:?})");
+            let n = assert_parameters(&what, &model, &expected, TRAJECTORY, lr_sum(&golden));
+            assert_eq!(
+                n,
+                parameters(&model).len(),
+                "{what}: every parameter compared"
+            );
+        }
+    }
+}
+
+/// A whole model's gradients against another computation of them
+/// (`tests/backward.rs` explains the budget it holds the reference tier to
+/// against autograd): 2e-5 relative on each entry, and 2e-5 of the tensor's
+/// largest entry absolute, for the entries small by cancellation (the key
+/// bias's gradient is 0 up to such rounding).
+fn grad_tol(expected: ndarray::ArrayViewD<f32>, times: f32) -> Tol {
+    let max = expected.fold(0.0f32, |m, &v| m.max(v.abs()));
+    Tol {
+        atol: times * 2e-5 * max,
+        rtol: times * 2e-5,
+    }
+}
+
+/// The fast step and the reference step compute the same loss and
+/// gradients up to rounding: the products sum in another order (the GEMM's
+/// blocks, the attention kernel's) and the softmaxes and activations use the
+/// kernels' `exp`. Each tier is within [`grad_tol`] of autograd (the
+/// reference by `tests/backward.rs`, the fast step by the test below), so
+/// they are within twice that of each other.
+fn assert_fast_equals_reference(
+    label: &str,
+    model: &Gpt2,
+    inputs: &Array2<u32>,
+    targets: &Array2<u32>,
+) {
+    let (fast_loss, fast) =
+        train::loss_and_gradients(model, inputs.view(), targets.view()).unwrap();
+    let (ref_loss, slow) = reference::loss_and_gradients(model, inputs.view(), targets.view());
+    assert!(
+        (fast_loss - ref_loss).abs() <= 1e-5 * ref_loss.abs(),
+        "{label}: loss {fast_loss} (fast) vs {ref_loss} (reference)"
+    );
+    for ((name, g), (_, r)) in fast.named().into_iter().zip(slow.named()) {
+        let tol = grad_tol(r.view(), 2.0);
+        assert_close(&format!("{label}: {name}"), g, r, tol);
+    }
+}
+
+fn batch_of(value: &serde_json::Value) -> Array2<u32> {
+    let rows: Vec<Vec<u32>> = value.as_array().expect("rows").iter().map(ids).collect();
+    let (b, t) = (rows.len(), rows[0].len());
+    Array2::from_shape_vec((b, t), rows.concat()).expect("[B, T]")
+}
+
+#[test]
+fn the_fast_steps_loss_and_gradients_match_autograd_on_every_model() {
+    // golden/grads (python_ref/grads.py): autograd's loss and gradients for a batch of each model
+    let manifest = read_json(&golden_dir().join("grads/manifest.json"));
+    let models = manifest["models"].as_object().expect("models");
+    assert_eq!(models.len(), 1 + common::variant_dirs().len());
+    for (key, entry) in models {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(entry["dir"].as_str().unwrap());
+        let model = Gpt2::from_dir(&dir).unwrap();
+        let (inputs, targets) = (batch_of(&entry["inputs"]), batch_of(&entry["targets"]));
+        let (loss, grads) =
+            train::loss_and_gradients(&model, inputs.view(), targets.view()).unwrap();
+        let want = entry["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (loss - want).abs() <= 1e-5 * want,
+            "{key}: loss {loss} vs autograd's {want}"
+        );
+        for (name, g) in grads.named() {
+            let path = golden_dir()
+                .join("grads")
+                .join(key)
+                .join(format!("{name}.npy"));
+            if !path.is_file() {
+                // the golden model's wte is stored as a sample: the fast step
+                // meets it through the reference tier (the test above)
+                assert_eq!((key.as_str(), name.as_str()), ("model", "wte.weight"));
+                continue;
+            }
+            let expected = common::read_f32(&path);
+            let tol = grad_tol(expected.view(), 1.0);
+            assert_close(&format!("{key} (fast): {name}"), g, expected.view(), tol);
+        }
+    }
+}
+
+#[test]
+fn the_fast_step_computes_the_reference_tiers_loss_and_gradients() {
+    let golden = read_json(&train_dir().join("model/log.json"));
+    let tokens = ids(&golden["tokens"]);
+    let model = Gpt2::from_dir(golden_dir().join("model")).unwrap();
+    // 32 rows: the products' register-tiled path; 120 rows: the packed GEMM
+    for (b, t) in [(2, 16), (3, 40)] {
+        let batch = batch_at(&tokens, 1, b, t).unwrap();
+        assert_fast_equals_reference(
+            &format!("golden model B={b} T={t}"),
+            &model,
+            &batch.inputs,
+            &batch.targets,
+        );
+    }
+    // every config variant, with 70 positions: past the attention kernel's 64-query blocks
+    let tokens: Vec<u32> = (0..200u32).map(|i| (i * 37 + i / 7) % 64).collect();
+    for (name, dir) in common::variant_dirs() {
+        let model = Gpt2::from_dir(&dir).unwrap();
+        let batch = batch_at(&tokens, 0, 2, 70).unwrap();
+        assert_fast_equals_reference(&name, &model, &batch.inputs, &batch.targets);
     }
 }
 

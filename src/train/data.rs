@@ -22,7 +22,10 @@ fn window(tokens: &[u32], s: usize, t: usize) -> (&[u32], &[u32]) {
 /// and steps walk through the text `T` tokens at a time and wrap around.
 /// An error unless `B, T ≥ 1` and `N ≥ T + 2`.
 pub fn batch_at(tokens: &[u32], k: usize, b: usize, t: usize) -> Result<Batch> {
-    ensure!(b >= 1 && t >= 1, "the batch and the sequence need at least 1 row and 1 token");
+    ensure!(
+        b >= 1 && t >= 1,
+        "the batch and the sequence need at least 1 row and 1 token"
+    );
     let n = tokens.len();
     ensure!(
         n >= t + 2,
@@ -53,7 +56,10 @@ pub fn split_validation(tokens: &[u32]) -> (&[u32], &[u32]) {
 /// `B` rows per batch (the last batch may have fewer). An error when not one
 /// window fits (`T + 1` tokens).
 pub fn validation_batches(tokens: &[u32], b: usize, t: usize) -> Result<Vec<Batch>> {
-    ensure!(b >= 1 && t >= 1, "the batch and the sequence need at least 1 row and 1 token");
+    ensure!(
+        b >= 1 && t >= 1,
+        "the batch and the sequence need at least 1 row and 1 token"
+    );
     let windows = tokens.len().saturating_sub(1) / t;
     ensure!(
         windows >= 1,

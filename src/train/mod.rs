@@ -134,7 +134,10 @@ impl Trainer {
     /// validation, also `T + 1` in its last 10%).
     pub fn new(model: Gpt2, tokens: &[u32], config: TrainConfig) -> Result<Self> {
         config.validate(&model)?;
-        ensure!(!tokens.is_empty(), "the text is empty: no tokens to train on");
+        ensure!(
+            !tokens.is_empty(),
+            "the text is empty: no tokens to train on"
+        );
         let (train, val) = match config.val_every {
             Some(_) => split_validation(tokens),
             None => (tokens, &tokens[tokens.len()..]),

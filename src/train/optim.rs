@@ -181,8 +181,11 @@ impl AdamW {
         let t = self.t as i32;
         let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
         let bias2_sqrt = ((1.0 - c.beta2.powi(t)).sqrt()) as f32;
-        let (one_minus_b1, b2, one_minus_b2) =
-            ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32);
+        let (one_minus_b1, b2, one_minus_b2) = (
+            (1.0 - c.beta1) as f32,
+            c.beta2 as f32,
+            (1.0 - c.beta2) as f32,
+        );
         let eps = c.eps as f32;
         let params = parameters_mut(model);
         let grads = grads.named();
@@ -192,7 +195,11 @@ impl AdamW {
             params.into_iter().zip(grads).zip(m.into_iter().zip(v))
         {
             debug_assert_eq!(name, gname, "parameters and gradients in the same order");
-            assert_eq!(p.shape(), g.shape(), "the gradient of {name} has the wrong shape");
+            assert_eq!(
+                p.shape(),
+                g.shape(),
+                "the gradient of {name} has the wrong shape"
+            );
             let decay = if decays(p.ndim()) {
                 (1.0 - lr * c.weight_decay) as f32
             } else {

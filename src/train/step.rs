@@ -222,10 +222,13 @@ fn layer_norm_backward(
         .and(&saved.rstd)
         .par_for_each(|mut dx, dy, xhat, &rstd| {
             let (mut mean_g, mut mean_gx) = (0.0f32, 0.0f32);
-            Zip::from(dy).and(xhat).and(&ln.weight).for_each(|&d, &xh, &g| {
-                mean_g += d * g;
-                mean_gx += d * g * xh;
-            });
+            Zip::from(dy)
+                .and(xhat)
+                .and(&ln.weight)
+                .for_each(|&d, &xh, &g| {
+                    mean_g += d * g;
+                    mean_gx += d * g * xh;
+                });
             mean_g /= c;
             mean_gx /= c;
             Zip::from(&mut dx)
