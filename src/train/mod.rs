@@ -16,7 +16,7 @@
 //! run: `python_ref/train_ref.py` does, and `tests/train.rs` compares.
 //!
 //! The gradients come from [`loss_and_gradients`], the backward pass on the
-//! fast kernels; the reference tier's `reference::loss_and_gradients` states
+//! fast kernels; the reference tier's [`crate::reference::loss_and_gradients`] states
 //! the same maths plainly, and `tests/train.rs` proves the two equal.
 //! [`Trainer`] runs the loop; [`save_model_dir`] writes the result as a
 //! GPT-2 directory that this crate and `transformers` load.

@@ -1,6 +1,6 @@
 //! The training step on the fast kernels: a forward pass that keeps what the
 //! backward pass needs, the cross-entropy loss, and the backward pass. It
-//! computes what the reference tier's `reference::loss_and_gradients` computes
+//! computes what the reference tier's [`crate::reference::loss_and_gradients`] computes
 //! (the chain rule of each box is written out there, plainly, beside its
 //! forward); here every product is the crate's GEMM on the thread pool, and
 //! the sequences and heads of attention run in parallel. `tests/train.rs`
@@ -11,10 +11,14 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::config::Activation;
-use crate::kernels::fastmath::{exp_sum, max_lanes, scale, sum_lanes, sum_squared_deviations};
+use crate::kernels::fastmath::{
+    exp_sum, max_lanes, scale, sigmoid, sum_lanes, sum_squared_deviations,
+};
 use crate::kernels::gemm::{product, Output, Threads};
 use crate::kernels::{attend, conv1d, matmul};
 use crate::model::{Block, Gpt2};
+#[cfg(doc)]
+use crate::reference;
 use crate::reference::{BlockGradients, Conv1DGradients, Gradients, LayerNormGradients};
 use crate::weights::{Conv1D, LayerNorm};
 
@@ -262,30 +266,37 @@ fn conv1d_backward(
     (Conv1DGradients { weight, bias }, dx)
 }
 
-/// `∂L/∂x = ∂L/∂y ∘ f′(x)` for the MLP's activation `f`, in place on `dy`.
+/// `∂L/∂x = ∂L/∂y ∘ f′(x)` for the MLP's activation `f`, in place on `dy`:
+/// the twin of [`reference::activation_backward`]. Each derivative is a
+/// closure the compiler inlines into the loop (the GELUs' through the
+/// kernels' vectorisable `exp`).
 fn activation_backward(act: Activation, pre: &Array2<f32>, dy: &mut Array2<f32>) {
-    let f: fn(f32) -> f32 = match act {
-        Activation::GeluNew | Activation::GeluFast => gelu_tanh_derivative,
-        Activation::Gelu => gelu_derivative,
-        Activation::QuickGelu => |x| {
-            let s = 1.0 / (1.0 + (-1.702 * x).exp());
+    fn apply(pre: &Array2<f32>, dy: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
+        Zip::from(dy).and(pre).par_for_each(|d, &x| *d *= f(x));
+    }
+    match act {
+        Activation::GeluNew | Activation::GeluFast => apply(pre, dy, gelu_tanh_derivative),
+        Activation::Gelu => apply(pre, dy, gelu_derivative),
+        Activation::QuickGelu => apply(pre, dy, |x| {
+            let s = sigmoid(1.702 * x);
             s + x * 1.702 * s * (1.0 - s)
-        },
-        Activation::Relu => |x| if x > 0.0 { 1.0 } else { 0.0 },
-        Activation::Silu => |x| {
-            let s = 1.0 / (1.0 + (-x).exp());
+        }),
+        Activation::Relu => apply(pre, dy, |x| if x > 0.0 { 1.0 } else { 0.0 }),
+        Activation::Silu => apply(pre, dy, |x| {
+            let s = sigmoid(x);
             s * (1.0 + x * (1.0 - s))
-        },
-    };
-    Zip::from(dy).and(pre).par_for_each(|d, &x| *d *= f(x));
+        }),
+    }
 }
 
-/// `d/dx ½x(1 + tanh(u))`, `u = √(2/π)(x + 0.044715x³)`:
-/// `½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)`.
+/// The derivative of the tanh GELU `½x(1 + tanh(u)) = x·σ(2u)`,
+/// `u = √(2/π)(x + 0.044715x³)`: `σ(2u) + x·σ(2u)(1 − σ(2u))·2u′`,
+/// `u′ = √(2/π)(1 + 3·0.044715x²)`.
+#[inline(always)]
 fn gelu_tanh_derivative(x: f32) -> f32 {
     const K: f32 = 0.797_884_6;
-    let th = (K * (x + 0.044715 * x * x * x)).tanh();
-    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * 0.044715 * x * x)
+    let s = sigmoid(2.0 * K * (x + 0.044715 * x * x * x));
+    s + x * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * 0.044715 * x * x)
 }
 
 /// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
