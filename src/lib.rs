@@ -133,10 +133,10 @@
 //!    prompt the residual stream, every attention head and the logit lens,
 //!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
 //! 10. **Training** — [`train`]: fine-tune on a text as PyTorch would, step
-//!    for step: the fixed data order, the backward pass on the kernels
-//!    ([`train::loss_and_gradients`], proven equal to
-//!    [`reference::loss_and_gradients`]), global-norm clipping, nanoGPT's
-//!    schedule, AdamW; [`train::save_model_dir`] writes a GPT-2 directory.
+//!     for step: the fixed data order, the backward pass on the kernels
+//!     ([`train::loss_and_gradients`], proven equal to
+//!     [`reference::loss_and_gradients`]), global-norm clipping, nanoGPT's
+//!     schedule, AdamW; [`train::save_model_dir`] writes a GPT-2 directory.
 //!
 //! ## 4. How it is verified
 //!

@@ -179,7 +179,7 @@ impl Trainer {
     /// (every `val_every` steps from 0), or after the last (`k = steps`).
     pub fn validation_due(&self, k: usize) -> bool {
         match self.config.val_every {
-            Some(every) => k % every == 0 || k == self.config.steps,
+            Some(every) => k.is_multiple_of(every) || k == self.config.steps,
             None => false,
         }
     }
