@@ -145,6 +145,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod inspect;
+pub mod intervention;
 #[doc(hidden)]
 pub mod kernels;
 pub mod model;
@@ -155,6 +156,7 @@ pub mod trace;
 pub mod weights;
 
 pub use config::Config;
+pub use intervention::{Intervention, Interventions};
 pub use model::{Gpt2, KvCache, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
