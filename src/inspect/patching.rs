@@ -43,6 +43,10 @@ pub struct Patching {
     pub answer: u32,
     /// See [`Patching::answer`].
     pub wrong: u32,
+    /// The text of [`Patching::answer`] and of [`Patching::wrong`].
+    pub answer_text: String,
+    /// See [`Patching::answer_text`].
+    pub wrong_text: String,
     /// The metric of the clean run.
     pub clean: f32,
     /// The metric of the corrupted run.
@@ -191,6 +195,8 @@ pub fn activation_patching(
         corrupt_tokens: text(corrupt)?,
         answer,
         wrong,
+        answer_text: tokenizer.decode(&[answer])?,
+        wrong_text: tokenizer.decode(&[wrong])?,
         clean: metric(clean_logits.row(t - 1)),
         corrupt: metric(corrupt_logits.row(t - 1)),
         resid_pre: Array2::from_shape_vec((n_layer, t), resid.to_vec())?,
@@ -220,7 +226,8 @@ impl Patching {
     }
 
     /// Both sweeps as tables of the metric, for a terminal.
-    pub fn report(&self, answer: &str, wrong: &str) -> String {
+    pub fn report(&self) -> String {
+        let (answer, wrong) = (&self.answer_text, &self.wrong_text);
         let mut out = String::new();
         let _ = writeln!(
             out,
