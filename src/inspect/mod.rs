@@ -50,6 +50,7 @@ use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;
 
 mod architecture;
+pub mod induction;
 pub mod patching;
 #[cfg(feature = "plot")]
 pub mod plot;
