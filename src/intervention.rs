@@ -392,8 +392,8 @@ impl FromIterator<Intervention> for Interventions {
 
 impl Interventions {
     /// None: the plain forward pass.
-    pub fn none() -> Self {
-        Self::default()
+    pub const fn none() -> Self {
+        Interventions { list: Vec::new() }
     }
 
     /// Append one.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, golden_dir, read_f32, Tol, EXACT, MODEL, TRAINED};
-use gpt2_ndarray::generate::argmax;
+use gpt2_ndarray::generate::{argmax, generate, GenerateOptions, Generation};
 use gpt2_ndarray::inspect::patching::{activation_patching, single_token};
 use gpt2_ndarray::intervention::{resid_pre, Intervention, Interventions};
 use gpt2_ndarray::{Gpt2, KvCache, Logits, SequenceStep, Tokenizer, Trace};
@@ -235,6 +235,34 @@ fn cached_generation_with_an_intervention_equals_the_recomputed_one() {
         step = vec![next];
     }
     assert!(changed, "the interventions change the logits");
+
+    // The same through the generation loop.
+    let tokenizer = Tokenizer::from_dir(golden_dir().join("model")).expect("tokenizer");
+    let options = GenerateOptions {
+        max_new_tokens: 7,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let prompt = &ids[..6];
+    let mut generation =
+        Generation::intervened(&model, &tokenizer, prompt, options.clone(), &edits)
+            .expect("generation");
+    for step in &mut generation {
+        step.expect("step");
+    }
+    assert_eq!(
+        generation.ids(),
+        &ids[..13],
+        "Generation::intervened gives the tokens of the loop"
+    );
+    let plain = generate(&model, &tokenizer, prompt, &options)
+        .expect("plain")
+        .0;
+    assert_ne!(
+        plain,
+        &ids[6..13],
+        "and they differ from the plain generation's"
+    );
 }
 
 #[test]
