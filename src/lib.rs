@@ -129,10 +129,10 @@
 //!    prompt the residual stream, every attention head and the logit lens,
 //!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
 //! 10. **Changing it** — [`intervention`]: replace, add to or edit any named
-//!    activation (or one head's output) as the forward pass runs, in a
-//!    cache or a batch ([`Gpt2::forward_step_intervened`]); head ablation in
-//!    one line, activation patching ([`inspect::patching`]) and an
-//!    induction-head test ([`inspect::induction`]) on top of it.
+//!     activation (or one head's output) as the forward pass runs, in a
+//!     cache or a batch ([`Gpt2::forward_step_intervened`]); head ablation in
+//!     one line, activation patching ([`inspect::patching`]) and an
+//!     induction-head test ([`inspect::induction`]) on top of it.
 //!
 //! ## 4. How it is verified
 //!
