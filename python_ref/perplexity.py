@@ -1,6 +1,7 @@
 """Perplexity references: transformers' GPT2LMHeadModel scoring texts in sliding windows.
 
     python3 python_ref/perplexity.py                       # golden/model -> golden/reference/perplexity.json
+                                                           # (export_model.py runs this too)
     python3 python_ref/perplexity.py --model DIR --out OUT/perplexity.json --ids-file IDS.json
 
 The trained model's reference (golden/kjv-gpt2/perplexity.json) scores the first 1200 tokens of
@@ -72,6 +73,37 @@ def score(model, ids, stride):
     return nll_sum, tokens
 
 
+def write_reference(model_dir="golden/model", out="golden/reference/perplexity.json",
+                    ids=None, source=None, strides=None):
+    """Score `ids` (default: the Alice text tokenized) with the model in `model_dir`, write `out`."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model_dir = Path(model_dir)
+    model = transformers.GPT2LMHeadModel.from_pretrained(
+        ROOT / model_dir if not model_dir.is_absolute() else model_dir,
+        attn_implementation="eager", dtype=torch.float32).eval()
+    if ids is not None:
+        source = source or "token ids from a JSON file"
+    else:
+        tok = transformers.GPT2TokenizerFast.from_pretrained(ROOT / model_dir if not model_dir.is_absolute() else model_dir)
+        ids = tok(TEXT)["input_ids"]
+        source = "Alice's Adventures in Wonderland, chapter 1 (public domain), first paragraphs"
+    n = model.config.n_positions
+    strides = strides or [n, max(1, n // 3)]
+    cases = []
+    for stride in strides:
+        nll_sum, tokens = score(model, ids, stride)
+        cases.append({"stride": stride, "nll_sum": nll_sum, "tokens": tokens,
+                      "mean_nll": nll_sum / tokens, "perplexity": math.exp(nll_sum / tokens)})
+        print(f"stride {stride}: {tokens} tokens, loss {nll_sum / tokens:.6f}, ppl {math.exp(nll_sum / tokens):.4f}")
+    out = ROOT / out if not Path(out).is_absolute() else Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "model": str(model_dir), "source": source, "n_positions": n, "ids": ids, "cases": cases,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }, indent=1) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="golden/model")
@@ -80,33 +112,9 @@ def main():
     p.add_argument("--source", help="how the ids were made (recorded in the output)")
     p.add_argument("--strides", default=None, help="comma-separated strides (default: n_positions and a third of it)")
     args = p.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model_dir = Path(args.model)
-    model = transformers.GPT2LMHeadModel.from_pretrained(
-        ROOT / model_dir if not model_dir.is_absolute() else model_dir,
-        attn_implementation="eager", dtype=torch.float32).eval()
-    if args.ids_file:
-        ids = json.loads(Path(args.ids_file).read_text())
-        source = args.source or "token ids from a JSON file"
-    else:
-        tok = transformers.GPT2TokenizerFast.from_pretrained(ROOT / model_dir if not model_dir.is_absolute() else model_dir)
-        ids = tok(TEXT)["input_ids"]
-        source = "Alice's Adventures in Wonderland, chapter 1 (public domain), first paragraphs"
-    n = model.config.n_positions
-    strides = [int(s) for s in args.strides.split(",")] if args.strides else [n, max(1, n // 3)]
-    cases = []
-    for stride in strides:
-        nll_sum, tokens = score(model, ids, stride)
-        cases.append({"stride": stride, "nll_sum": nll_sum, "tokens": tokens,
-                      "mean_nll": nll_sum / tokens, "perplexity": math.exp(nll_sum / tokens)})
-        print(f"stride {stride}: {tokens} tokens, loss {nll_sum / tokens:.6f}, ppl {math.exp(nll_sum / tokens):.4f}")
-    out = ROOT / args.out if not Path(args.out).is_absolute() else Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "model": str(model_dir), "source": source, "n_positions": n, "ids": ids, "cases": cases,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }, indent=1) + "\n")
+    ids = json.loads(Path(args.ids_file).read_text()) if args.ids_file else None
+    strides = [int(s) for s in args.strides.split(",")] if args.strides else None
+    write_reference(args.model, args.out, ids, args.source, strides)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@
 //!   plain `ndarray` (no threads, no SIMD, no `unsafe`), one short pure
 //!   function per box of the diagram below, and a whole-model
 //!   [`reference::forward`] that reads top to bottom and returns every
-//!   intermediate activation by name;
+//!   intermediate activation by name; beside each box its backward, and
+//!   [`reference::loss_and_gradients`], the loss of a batch and the gradient
+//!   of every parameter, the backward pass read bottom to top;
 //! - **the fast model**, [`Gpt2`]: the same maths on kernels that make it
 //!   faster than PyTorch on a CPU (chapter 2), with a KV cache, batches,
 //!   generation and tracing;
@@ -112,7 +114,9 @@
 //!    `pytorch_model.bin` (zip or 2019 legacy, parsed by a restricted unpickler
 //!    that never executes anything) become named `f32` tensors; those of an
 //!    `f32` safetensors file stay where they lie in its memory map.
-//! 4. **The reference tier** — [`reference`](mod@reference): the model in plain `ndarray`.
+//! 4. **The reference tier** — [`reference`](mod@reference): the model in plain `ndarray`,
+//!    forward ([`reference::forward`]) and backward ([`reference::loss_and_gradients`]:
+//!    each box's gradient by the chain rule, into a [`reference::Gradients`]).
 //! 5. **The model** — [`model`]: [`Gpt2`] holds the weights in structs named
 //!    exactly like the checkpoint keys (`h[3].attn.c_attn`), and
 //!    [`Gpt2::forward_step`] is the fast forward pass of the diagram above.
@@ -140,7 +144,8 @@
 //! save inputs and outputs as `.npy` files under `golden/`; the tests in
 //! `tests/` load them and compare with stated tolerances (`1e-5` relative for
 //! a single op, `1e-4` for a whole model), printing the worst element when
-//! they fail. The reference tier faces them in `tests/reference.rs`, the fast
+//! they fail. The reference tier faces them in `tests/reference.rs` (its
+//! backward pass, against PyTorch autograd, in `tests/backward.rs`), the fast
 //! model in `tests/model_golden.rs`, and the two face each other in
 //! `tests/fast_equals_reference.rs`. The committed test model has random
 //! weights but the real vocabulary; set `GPT2_DIR` to run the same tests on a

@@ -10,9 +10,10 @@
 //! | `silu`, `swish` | [`silu`] | `x·σ(x)` |
 //!
 //! `σ` is the [`sigmoid`]. The config reads the name into an [`Activation`];
-//! [`activation`] applies it.
+//! [`activation`] applies it. Each has its derivative beside it
+//! ([`gelu_new_derivative`], ...), which [`activation_backward`] applies.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Zip};
 
 use super::Activation;
 
@@ -80,4 +81,71 @@ pub fn activation(act: Activation, x: ArrayView2<f32>) -> Array2<f32> {
         Activation::Silu => silu,
     };
     x.mapv(f)
+}
+
+/// `gelu_new'(x) = ½(1 + t) + ½x(1 - t²)·√(2/π)(1 + 3·0.044715x²)`,
+/// `t = tanh(√(2/π)(x + 0.044715x³))`: the product rule on `½x·(1 + t)`, and
+/// `tanh' = 1 - tanh²`.
+pub fn gelu_new_derivative(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+/// `gelu_fast'(x)`: [`gelu_new_derivative`]'s formula on [`gelu_fast`]'s
+/// factoring, `t = tanh(0.7978845608·x(1 + 0.044715x²))`.
+pub fn gelu_fast_derivative(x: f32) -> f32 {
+    let t = (x * SQRT_2_OVER_PI * (1.0 + 0.044715 * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+/// `gelu'(x) = Φ(x) + x·φ(x)`, `φ(x) = e^(-x²/2)/√(2π)` the standard normal
+/// density (the derivative of `Φ`).
+pub fn gelu_derivative(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+    cdf + x * pdf
+}
+
+/// `quick_gelu'(x) = s + 1.702·x·s(1 - s)`, `s = σ(1.702x)` (`σ' = σ(1 - σ)`).
+pub fn quick_gelu_derivative(x: f32) -> f32 {
+    let s = sigmoid(1.702 * x);
+    s + 1.702 * x * s * (1.0 - s)
+}
+
+/// `relu'(x)`: 1 where `x > 0`, else 0 (0 at `x = 0` too, as PyTorch takes it).
+pub fn relu_derivative(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// `silu'(x) = s(1 + x(1 - s))`, `s = σ(x)`.
+pub fn silu_derivative(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// The backward of [`activation`], elementwise: `∂x = dy ⊙ f'(x)`, `f'` the
+/// derivative of `act` (the `*_derivative` functions above).
+/// Shapes: `x, dy: [T, n]` → `[T, n]`; `x` is the activation's input.
+pub fn activation_backward(
+    act: Activation,
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+) -> Array2<f32> {
+    let derivative: fn(f32) -> f32 = match act {
+        Activation::GeluNew => gelu_new_derivative,
+        Activation::GeluFast => gelu_fast_derivative,
+        Activation::Gelu => gelu_derivative,
+        Activation::QuickGelu => quick_gelu_derivative,
+        Activation::Relu => relu_derivative,
+        Activation::Silu => silu_derivative,
+    };
+    let mut dx = dy.to_owned();
+    Zip::from(&mut dx)
+        .and(&x)
+        .for_each(|d, &x| *d *= derivative(x));
+    dx
 }

@@ -1,8 +1,12 @@
-//! Causal self-attention: one head, many heads, and GPT-2's attention layer.
+//! Causal self-attention: one head, many heads, and GPT-2's attention layer;
+//! then the backward of each.
 
-use ndarray::{s, stack, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{concatenate, s, stack, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
-use super::{conv1d, matmul, softmax_rows, Attention, Config};
+use super::{
+    conv1d, conv1d_backward, matmul, matmul_backward, softmax_rows, softmax_rows_backward,
+    Attention, Config, Conv1DGradients,
+};
 
 /// The factor GPT-2 multiplies attention scores by in block `layer` (0-based):
 /// `1/√d` (`d = n_embd / n_head`) if `scale_attn_weights` (GPT-2: true), times
@@ -170,4 +174,117 @@ pub fn causal_self_attention(
         merged,
         c_proj,
     }
+}
+
+/// The backward of [`attention_head`]: from `dout = ∂loss/∂out`, the
+/// gradients `(∂q, ∂k, ∂v)`. Walking the forward back, with `P` = `probs`:
+///
+/// ```text
+/// out = P·v                 ∂P = dout·vᵀ,  ∂v = Pᵀ·dout      (matmul_backward)
+/// P = softmax_rows(S)       ∂S = softmax_rows_backward(P, ∂P)  (0 where masked: P = 0 there)
+/// S = q·kᵀ·scale            ∂q = ∂S·k·scale,  ∂k = ∂Sᵀ·q·scale
+/// ```
+///
+/// The mask needs no step of its own: a masked score is a constant `-∞`, and
+/// its probability, 0, stops the gradient in `softmax_rows_backward`.
+///
+/// Shapes: `q: [Tq, d]`, `k, v: [Tk, d]`, `probs: [Tq, Tk]` (from the forward),
+/// `dout: [Tq, d]` → `∂q: [Tq, d]`, `∂k, ∂v: [Tk, d]`.
+pub fn attention_head_backward(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    probs: ArrayView2<f32>,
+    scale: f32,
+    dout: ArrayView2<f32>,
+) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+    let (d_probs, dv) = matmul_backward(probs, v, dout); // [Tq, Tk], [Tk, d]
+    let d_qk = softmax_rows_backward(probs, d_probs.view()) * scale; // ∂(q·kᵀ): [Tq, Tk]
+    let dq = matmul(d_qk.view(), k); // [Tq, Tk]·[Tk, d]
+    let dk = matmul(d_qk.t(), q); // [Tk, Tq]·[Tq, d]
+    (dq, dk, dv)
+}
+
+/// The backward of [`split_heads`]: a split only moves entries, so its
+/// gradient moves them back, [`merge_heads`]. `[n_head, T, d]` → `[T, C]`.
+pub fn split_heads_backward(dy: ArrayView3<f32>) -> Array2<f32> {
+    merge_heads(dy)
+}
+
+/// The backward of [`merge_heads`]: [`split_heads`]. `[T, C]` → `[n_head, T, d]`.
+pub fn merge_heads_backward(dy: ArrayView2<f32>, n_head: usize) -> Array3<f32> {
+    split_heads(dy, n_head)
+}
+
+/// The backward of [`multi_head_attention`]: [`attention_head_backward`] for
+/// each head on its own slice (the heads share nothing).
+///
+/// Shapes: `q: [n_head, Tq, d]`, `k, v: [n_head, Tk, d]`, `probs: [n_head, Tq, Tk]`,
+/// `dout: [n_head, Tq, d]` → `(∂q, ∂k, ∂v)`, shaped as `q`, `k`, `v`.
+pub fn multi_head_attention_backward(
+    q: ArrayView3<f32>,
+    k: ArrayView3<f32>,
+    v: ArrayView3<f32>,
+    probs: ArrayView3<f32>,
+    scale: f32,
+    dout: ArrayView3<f32>,
+) -> (Array3<f32>, Array3<f32>, Array3<f32>) {
+    let (mut dq, mut dk, mut dv) = (
+        Array3::zeros(q.raw_dim()),
+        Array3::zeros(k.raw_dim()),
+        Array3::zeros(v.raw_dim()),
+    );
+    for h in 0..q.len_of(Axis(0)) {
+        let (dq_h, dk_h, dv_h) = attention_head_backward(
+            q.index_axis(Axis(0), h),
+            k.index_axis(Axis(0), h),
+            v.index_axis(Axis(0), h),
+            probs.index_axis(Axis(0), h),
+            scale,
+            dout.index_axis(Axis(0), h),
+        );
+        dq.index_axis_mut(Axis(0), h).assign(&dq_h);
+        dk.index_axis_mut(Axis(0), h).assign(&dk_h);
+        dv.index_axis_mut(Axis(0), h).assign(&dv_h);
+    }
+    (dq, dk, dv)
+}
+
+/// The backward of [`causal_self_attention`] in block `layer`: from
+/// `dy = ∂loss/∂c_proj` (the layer's output), the gradient of its input `x`
+/// and of the weights of `c_attn` and `c_proj`, returned in that order. Each
+/// forward step is undone in reverse order:
+///
+/// ```text
+/// forward step                backward                                   gives
+/// c_proj = conv1d(merged)     conv1d_backward                            ∂merged [T, C], c_proj's weights'
+/// merged = merge_heads(out)   merge_heads_backward                       ∂out [n_head, T, d]
+/// out = attention(q, k, v)    multi_head_attention_backward (same scale) ∂q, ∂k, ∂v [n_head, T, d]
+/// q | k | v = split(c_attn)   split_heads_backward, side by side         ∂c_attn = ∂q | ∂k | ∂v [T, 3C]
+/// c_attn = conv1d(x)          conv1d_backward                            ∂x [T, C], c_attn's weights'
+/// ```
+///
+/// `steps` are the forward's, `x` its input (the `ln_1` output).
+pub fn causal_self_attention_backward(
+    config: &Config,
+    layer: usize,
+    attn: &Attention,
+    x: ArrayView2<f32>,
+    steps: &AttentionSteps,
+    dy: ArrayView2<f32>,
+) -> (Array2<f32>, Conv1DGradients, Conv1DGradients) {
+    let (d_merged, d_c_proj) = conv1d_backward(steps.merged.view(), &attn.c_proj, dy); // [T, C]
+    let d_out = merge_heads_backward(d_merged.view(), config.n_head); // [n_head, T, d]
+    let (dq, dk, dv) = multi_head_attention_backward(
+        steps.q.view(),
+        steps.k.view(),
+        steps.v.view(),
+        steps.heads.probs.view(),
+        attention_scale(config, layer),
+        d_out.view(),
+    );
+    let [dq, dk, dv] = [dq, dk, dv].map(|d| split_heads_backward(d.view())); // [T, C] each
+    let dc_attn = concatenate![Axis(1), dq, dk, dv]; // [T, 3C]
+    let (dx, d_c_attn) = conv1d_backward(x, &attn.c_attn, dc_attn.view());
+    (dx, d_c_attn, d_c_proj)
 }

@@ -1,5 +1,7 @@
 //! Gradients: `∂loss/∂θ` for every parameter `θ`, shaped and named like the model.
 
+use std::ops::AddAssign;
+
 use ndarray::{Array1, Array2, ArrayViewD, ArrayViewMutD};
 
 use super::{Gpt2, LayerNorm};
@@ -196,3 +198,30 @@ pub const BLOCK_PARAMETERS: [&str; 12] = [
     "mlp.c_proj.weight",
     "mlp.c_proj.bias",
 ];
+
+/// `a += &b`: gradients of the same parameters add (two sequences of a
+/// batch, two uses of one weight).
+impl AddAssign<&LayerNormGradients> for LayerNormGradients {
+    fn add_assign(&mut self, other: &LayerNormGradients) {
+        self.weight += &other.weight;
+        self.bias += &other.bias;
+    }
+}
+
+impl AddAssign<&Conv1DGradients> for Conv1DGradients {
+    fn add_assign(&mut self, other: &Conv1DGradients) {
+        self.weight += &other.weight;
+        self.bias += &other.bias;
+    }
+}
+
+impl AddAssign<&BlockGradients> for BlockGradients {
+    fn add_assign(&mut self, other: &BlockGradients) {
+        self.ln_1 += &other.ln_1;
+        self.c_attn += &other.c_attn;
+        self.attn_c_proj += &other.attn_c_proj;
+        self.ln_2 += &other.ln_2;
+        self.c_fc += &other.c_fc;
+        self.mlp_c_proj += &other.mlp_c_proj;
+    }
+}

@@ -1,8 +1,8 @@
-//! Dot product, matrix product and GPT-2's linear layer (`Conv1D`).
+//! Dot product, matrix product and GPT-2's linear layer (`Conv1D`), and their backward.
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
-use super::Conv1D;
+use super::{Conv1D, Conv1DGradients};
 
 /// Dot product `a · b = Σᵢ aᵢ bᵢ`. Shapes: `[n]`, `[n]` → scalar.
 ///
@@ -55,4 +55,33 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// ```
 pub fn conv1d(x: ArrayView2<f32>, layer: &Conv1D) -> Array2<f32> {
     matmul(x, layer.weight.view()) + &layer.bias // [T, in] · [in, out] + [out] -> [T, out]
+}
+
+/// The backward of [`matmul`]: for `C = A·B` and `dC = ∂loss/∂C`,
+/// `∂A = dC·Bᵀ` and `∂B = Aᵀ·dC` (`Cᵢⱼ = Σₖ Aᵢₖ Bₖⱼ`, so `Aᵢₖ` reaches every
+/// `Cᵢⱼ` with weight `Bₖⱼ`, and `Bₖⱼ` every `Cᵢⱼ` with weight `Aᵢₖ`).
+///
+/// Shapes: `A: [m, k]`, `B: [k, n]`, `dC: [m, n]` → `∂A: [m, k]`, `∂B: [k, n]`.
+pub fn matmul_backward(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    dc: ArrayView2<f32>,
+) -> (Array2<f32>, Array2<f32>) {
+    (matmul(dc, b.t()), matmul(a.t(), dc)) // [m, n]·[n, k], [k, m]·[m, n]
+}
+
+/// The backward of [`conv1d`], `y = x·W + b`: [`matmul_backward`] gives
+/// `∂x = dy·Wᵀ` and `∂W = xᵀ·dy`, and the bias, added to every row, collects
+/// `∂b = Σₜ dy`.
+///
+/// Shapes: `x: [T, in]`, `dy: [T, out]` → `∂x: [T, in]`, `∂W: [in, out]`
+/// (the layout `Conv1D` stores), `∂b: [out]`.
+pub fn conv1d_backward(
+    x: ArrayView2<f32>,
+    layer: &Conv1D,
+    dy: ArrayView2<f32>,
+) -> (Array2<f32>, Conv1DGradients) {
+    let (dx, weight) = matmul_backward(x, layer.weight.view(), dy);
+    let bias = dy.sum_axis(Axis(0)); // [T, out] -> [out]
+    (dx, Conv1DGradients { weight, bias })
 }

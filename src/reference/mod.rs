@@ -1,7 +1,8 @@
 //! # The reference tier: GPT-2 as a learner reads it
 //!
-//! GPT-2's forward pass in plain `ndarray`, one short pure function per box of
-//! the diagram, each with its formula and shapes. No threads, no SIMD code,
+//! GPT-2's forward and backward passes in plain `ndarray`, one short pure
+//! function per box of the diagram, each with its formula and shapes. No
+//! threads, no SIMD code,
 //! no `unsafe`, none of this crate's kernels: every sum is an iterator's, an
 //! `ndarray` `.sum()`, or a matrix product by `ndarray`'s `.dot` (which hands
 //! `f32` products to the `matrixmultiply` crate, single-threaded here), and
@@ -9,25 +10,40 @@
 //! the maths that the fast model ([`Gpt2::forward`], built on the private kernels
 //! of `src/kernels/`) is proven equal to, by `tests/fast_equals_reference.rs`,
 //! and it is itself checked step by step against PyTorch by
-//! `tests/reference.rs`.
+//! `tests/reference.rs` (the backward pass by `tests/backward.rs`).
 //!
-//! Read it bottom up, then [`forward`] top to bottom:
+//! Read it bottom up, then [`forward`] top to bottom. Each box's backward —
+//! the gradient of its inputs and weights from the gradient of its output, by
+//! the chain rule written out in its doc comment — sits beside it, in the same
+//! file:
 //!
-//! | box | function | shapes |
-//! |---|---|---|
-//! | dot product, matrix product | [`dot`], [`matmul`] | `[n]·[n]`, `[m, k]·[k, n]` |
-//! | linear layer `x·W + b` (`c_attn`, `c_proj`, `c_fc`) | [`conv1d`] | `[T, in]` → `[T, out]` |
-//! | softmax | [`softmax`], [`softmax_rows`] | `[n]`, `[T, n]` |
-//! | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`layer_norm`] over [`mean`], [`variance`] | `[T, C]` |
-//! | the MLP's non-linearity | [`activation`]: [`gelu_new`], [`gelu`], [`gelu_fast`], [`quick_gelu`], [`relu`], [`silu`] | elementwise |
-//! | token + position embedding | [`embedding`] | `[T]` → `[T, C]` |
-//! | one head of causal attention | [`attention_head`], scaled by [`attention_scale`] | `[T, d]` ×3 → `[T, d]` |
-//! | heads apart and together | [`split_heads`], [`multi_head_attention`], [`merge_heads`] | `[T, C]` ↔ `[n_head, T, d]` |
-//! | the attention layer | [`causal_self_attention`] | `[T, C]` → `[T, C]` |
-//! | the feed-forward network | [`mlp`] | `[T, C]` → `[T, n_inner]` → `[T, C]` |
-//! | a transformer block | [`block`] | `[T, C]` → `[T, C]` |
-//! | the language-model head (tied to `wte`, or `lm_head`) | [`head`] | `[T, C]` → `[T, vocab]` |
-//! | the whole model, every step by name | [`forward`] → [`Activations`] | `[T]` → `[T, vocab]` |
+//! | box | function | backward | shapes |
+//! |---|---|---|---|
+//! | dot product, matrix product | [`dot`], [`matmul`] | [`matmul_backward`] | `[n]·[n]`, `[m, k]·[k, n]` |
+//! | linear layer `x·W + b` (`c_attn`, `c_proj`, `c_fc`) | [`conv1d`] | [`conv1d_backward`] | `[T, in]` → `[T, out]` |
+//! | softmax | [`softmax`], [`softmax_rows`] | [`softmax_backward`], [`softmax_rows_backward`] | `[n]`, `[T, n]` |
+//! | layer norm (`ln_1`, `ln_2`, `ln_f`) | [`layer_norm`] over [`mean`], [`variance`] | [`layer_norm_backward`] | `[T, C]` |
+//! | the MLP's non-linearity | [`activation`]: [`gelu_new`], [`gelu`], [`gelu_fast`], [`quick_gelu`], [`relu`], [`silu`] | [`activation_backward`]: [`gelu_new_derivative`], [`gelu_derivative`], [`gelu_fast_derivative`], [`quick_gelu_derivative`], [`relu_derivative`], [`silu_derivative`] | elementwise |
+//! | token + position embedding | [`embedding`] | [`embedding_backward`] (scatter-add) | `[T]` → `[T, C]` |
+//! | one head of causal attention | [`attention_head`], scaled by [`attention_scale`] | [`attention_head_backward`] | `[T, d]` ×3 → `[T, d]` |
+//! | heads apart and together | [`split_heads`], [`multi_head_attention`], [`merge_heads`] | [`split_heads_backward`], [`multi_head_attention_backward`], [`merge_heads_backward`] | `[T, C]` ↔ `[n_head, T, d]` |
+//! | the attention layer | [`causal_self_attention`] | [`causal_self_attention_backward`] | `[T, C]` → `[T, C]` |
+//! | the feed-forward network | [`mlp`] | [`mlp_backward`] | `[T, C]` → `[T, n_inner]` → `[T, C]` |
+//! | a transformer block, its residual adds | [`block`] | [`block_backward`] | `[T, C]` → `[T, C]` |
+//! | the language-model head (tied to `wte`, or `lm_head`) | [`head`] | [`head_backward`] | `[T, C]` → `[T, vocab]` |
+//! | the loss: cross-entropy against the next tokens | [`cross_entropy`] | [`cross_entropy_backward`] | `[N, vocab]` → scalar |
+//! | the whole model, every step kept | [`forward_steps`] → [`ModelSteps`] | [`backward`] → [`Gradients`] | `[T]` → `[T, vocab]` |
+//! | the whole model, every step by name | [`forward`] → [`Activations`] | | `[T]` → `[T, vocab]` |
+//! | a training batch's loss and gradients | | [`loss_and_gradients`] | `[B, T]` → scalar, [`Gradients`] |
+//!
+//! The backward pass is the forward read in reverse: [`loss_and_gradients`]
+//! runs [`forward_steps`] on each row of the batch, takes the loss and its
+//! gradient with respect to the logits, and hands each row's part to
+//! [`backward`], which undoes the head, `ln_f`, the blocks last to first, and
+//! the embedding, adding every parameter's gradient into one [`Gradients`]
+//! (named and shaped like the checkpoint's parameters). `tests/backward.rs`
+//! checks each backward function, and the whole model's loss and gradients,
+//! against PyTorch autograd (`python_ref/grads.py`, `golden/grads/`).
 //!
 //! Every config the crate accepts runs here: `layer_norm_epsilon` (in each
 //! [`LayerNorm`]), `activation_function`, `n_inner`, `scale_attn_weights`,
@@ -80,18 +96,29 @@ mod attention;
 mod gpt2;
 mod gradients;
 mod linear;
+mod loss;
 mod norm;
 mod softmax;
 
-pub use activation::{activation, gelu, gelu_fast, gelu_new, quick_gelu, relu, sigmoid, silu};
-pub use attention::{
-    attention_head, attention_scale, causal_self_attention, merge_heads, multi_head_attention,
-    split_heads, AttentionSteps, Head, Heads,
+pub use activation::{
+    activation, activation_backward, gelu, gelu_derivative, gelu_fast, gelu_fast_derivative,
+    gelu_new, gelu_new_derivative, quick_gelu, quick_gelu_derivative, relu, relu_derivative,
+    sigmoid, silu, silu_derivative,
 };
-pub use gpt2::{block, embedding, forward, head, mlp, Activations, BlockSteps, MlpSteps};
+pub use attention::{
+    attention_head, attention_head_backward, attention_scale, causal_self_attention,
+    causal_self_attention_backward, merge_heads, merge_heads_backward, multi_head_attention,
+    multi_head_attention_backward, split_heads, split_heads_backward, AttentionSteps, Head, Heads,
+};
+pub use gpt2::{
+    backward, block, block_backward, embedding, embedding_backward, forward, forward_steps, head,
+    head_backward, loss_and_gradients, mlp, mlp_backward, Activations, BlockSteps, MlpSteps,
+    ModelSteps,
+};
 pub use gradients::{
     BlockGradients, Conv1DGradients, Gradients, LayerNormGradients, BLOCK_PARAMETERS,
 };
-pub use linear::{conv1d, dot, matmul};
-pub use norm::{layer_norm, mean, variance};
-pub use softmax::{softmax, softmax_rows};
+pub use linear::{conv1d, conv1d_backward, dot, matmul, matmul_backward};
+pub use loss::{cross_entropy, cross_entropy_backward};
+pub use norm::{layer_norm, layer_norm_backward, mean, variance};
+pub use softmax::{softmax, softmax_backward, softmax_rows, softmax_rows_backward};

@@ -1,8 +1,8 @@
-//! Mean, variance and layer normalisation.
+//! Mean, variance and layer normalisation, and the layer norm's backward.
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
-use super::LayerNorm;
+use super::{LayerNorm, LayerNormGradients};
 
 /// Mean `μ = (1/n) Σᵢ xᵢ`. Shapes: `[n]` → scalar.
 ///
@@ -54,4 +54,43 @@ pub fn layer_norm(x: ArrayView2<f32>, ln: &LayerNorm) -> Array2<f32> {
         row.mapv_inplace(|v| (v - mu) / (var + ln.eps).sqrt());
     }
     y * &ln.weight + &ln.bias // [T, C] · [C] + [C]
+}
+
+/// The backward of [`layer_norm`]: from `dy = ∂loss/∂y`, the gradients of the
+/// input and of `γ`, `β`. With `x̂ = (x - μ)/σ`, `σ = √(σ² + ε)` (per row) and
+/// `y = x̂·γ + β`:
+///
+/// ```text
+/// ∂β = Σₜ dy            ∂γ = Σₜ dy ⊙ x̂           (summed over the T positions)
+/// dx̂ = dy ⊙ γ
+/// ∂x = (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂)) / σ   (per row, the means over C)
+/// ```
+///
+/// The last line is the chain rule through `μ` and `σ`, which every entry of
+/// the row feeds: shifting the row does not move `x̂` (hence `- mean(dx̂)`),
+/// stretching it does not either (hence `- x̂·mean(dx̂ ⊙ x̂)`).
+///
+/// Shapes: `x, dy: [T, C]` → `∂x: [T, C]`, `∂γ, ∂β: [C]`.
+pub fn layer_norm_backward(
+    x: ArrayView2<f32>,
+    ln: &LayerNorm,
+    dy: ArrayView2<f32>,
+) -> (Array2<f32>, LayerNormGradients) {
+    let c = x.ncols();
+    let mut dx = Array2::zeros(x.raw_dim());
+    let mut d_ln = LayerNormGradients {
+        weight: Array1::zeros(c),
+        bias: Array1::zeros(c),
+    };
+    for ((x_row, dy_row), mut dx_row) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
+        let (mu, var) = (mean(x_row), variance(x_row));
+        let sigma = (var + ln.eps).sqrt();
+        let x_hat = x_row.mapv(|v| (v - mu) / sigma); // [C]
+        d_ln.weight += &(&dy_row * &x_hat);
+        d_ln.bias += &dy_row;
+        let dx_hat = &dy_row * &ln.weight; // [C]
+        let (m1, m2) = (mean(dx_hat.view()), mean((&dx_hat * &x_hat).view()));
+        dx_row.assign(&((&dx_hat - m1 - &x_hat * m2) / sigma));
+    }
+    (dx, d_ln)
 }

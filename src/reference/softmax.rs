@@ -1,6 +1,8 @@
-//! Softmax: scores to probabilities.
+//! Softmax: scores to probabilities, and its backward.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+
+use super::dot;
 
 /// `softmax(x)ᵢ = exp(xᵢ - m) / Σⱼ exp(xⱼ - m)`, `m = maxⱼ xⱼ`. Shapes: `[n]` → `[n]`.
 ///
@@ -30,4 +32,24 @@ pub fn softmax_rows(x: ArrayView2<f32>) -> Array2<f32> {
         p_row.assign(&softmax(x_row));
     }
     p
+}
+
+/// The backward of [`softmax`]: from `p = softmax(x)` and `dp = ∂loss/∂p`,
+/// `∂x = p ⊙ (dp - p·dp)`. Shapes: `[n]`, `[n]` → `[n]`.
+///
+/// Every `pᵢ` depends on every `xⱼ`: `∂pᵢ/∂xⱼ = pᵢ(δᵢⱼ - pⱼ)`, so
+/// `∂xⱼ = Σᵢ dpᵢ·pᵢ(δᵢⱼ - pⱼ) = pⱼ(dpⱼ - Σᵢ pᵢ dpᵢ)`. Only `p` is needed, not
+/// `x`; an entry with `p = 0` (a masked score) gets gradient 0.
+pub fn softmax_backward(p: ArrayView1<f32>, dp: ArrayView1<f32>) -> Array1<f32> {
+    let p_dot_dp = dot(p, dp);
+    &p * &dp.mapv(|d| d - p_dot_dp)
+}
+
+/// [`softmax_backward`] of each row: `p, dp: [T, n]` → `[T, n]`.
+pub fn softmax_rows_backward(p: ArrayView2<f32>, dp: ArrayView2<f32>) -> Array2<f32> {
+    let mut dx = Array2::zeros(p.raw_dim());
+    for ((mut dx_row, p_row), dp_row) in dx.rows_mut().into_iter().zip(p.rows()).zip(dp.rows()) {
+        dx_row.assign(&softmax_backward(p_row, dp_row));
+    }
+    dx
 }
