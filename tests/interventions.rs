@@ -518,3 +518,45 @@ fn patching_refuses_prompts_of_different_lengths_and_answers_of_several_tokens()
     let e = single_token(&tok, " Nebuchadnezzar").unwrap_err();
     assert!(e.to_string().contains("tokens, not one"), "{e}");
 }
+
+#[test]
+fn an_edit_of_keys_and_values_is_what_the_cache_keeps() {
+    let model = golden_model();
+    let c = model.config.n_embd;
+    let ids = [464, 3139, 286, 4881, 318];
+    // Zero the key and value (columns C..3C of q | k | v) of position 2 in block 1.
+    let kv = Intervention::edit("h.1.attn.c_attn", move |_, mut x| {
+        x.slice_mut(s![c..]).fill(0.0)
+    });
+    let edits = Interventions::from(kv.at([2]));
+    let mut cache = KvCache::new(model.config.n_layer);
+    let logits = model
+        .forward_step_intervened(
+            &ids,
+            None,
+            &mut cache,
+            Logits::All,
+            &mut Trace::off(),
+            &edits,
+        )
+        .expect("forward");
+    let (k, v) = cache.keys_values(1);
+    for (name, x) in [("keys", k), ("values", v)] {
+        assert!(
+            x.row(2).iter().all(|&e| e == 0.0),
+            "block 1 caches the edited {name}"
+        );
+        assert!(
+            x.row(1).iter().any(|&e| e != 0.0),
+            "and the others as they were"
+        );
+    }
+    assert!(
+        cache.keys_values(0).0.row(2).iter().any(|&e| e != 0.0),
+        "block 0 is not edited"
+    );
+    // Positions before 2 do not see it; positions after it do.
+    let plain = model.forward(&ids).expect("plain");
+    assert_eq!(logits.row(1), plain.row(1));
+    assert_ne!(logits.row(4), plain.row(4));
+}
