@@ -132,6 +132,11 @@
 //!    it with its parameter counts ([`inspect::architecture`]), and for a
 //!    prompt the residual stream, every attention head and the logit lens,
 //!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
+//! 10. **Changing it** — [`intervention`]: replace, add to or edit any named
+//!     activation (or one head's output) as the forward pass runs, in a
+//!     cache or a batch ([`Gpt2::forward_step_intervened`]); head ablation in
+//!     one line, activation patching ([`inspect::patching`]) and an
+//!     induction-head test ([`inspect::induction`]) on top of it.
 //!
 //! ## 4. How it is verified
 //!
@@ -150,6 +155,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod inspect;
+pub mod intervention;
 #[doc(hidden)]
 pub mod kernels;
 pub mod model;
@@ -160,6 +166,7 @@ pub mod trace;
 pub mod weights;
 
 pub use config::Config;
+pub use intervention::{Intervention, Interventions};
 pub use model::{Gpt2, KvCache, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
