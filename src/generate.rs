@@ -12,10 +12,14 @@ use anyhow::{ensure, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
+use crate::intervention::Interventions;
 use crate::kernels::softmax;
 use crate::model::{Gpt2, KvCache, Logits, SequenceStep};
 use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;
+
+/// The interventions of a generation that has none.
+static NO_INTERVENTIONS: Interventions = Interventions::none();
 
 /// How to generate. The defaults are transformers' (`do_sample = false`:
 /// greedy), with at most 20 new tokens.
@@ -338,6 +342,8 @@ pub struct Step {
 pub struct Generation<'a> {
     model: &'a Gpt2,
     tokenizer: &'a Tokenizer,
+    /// What every forward step changes ([`crate::intervention`]); none by default.
+    interventions: &'a Interventions,
     options: GenerateOptions,
     cache: KvCache,
     rng: Rng,
@@ -365,6 +371,23 @@ impl<'a> Generation<'a> {
         Self::padded(model, tokenizer, prompt, None, options)
     }
 
+    /// [`Generation::new`] with `interventions` acting in every forward step,
+    /// the prompt's and each new token's: an intervention at position `p`
+    /// acts when position `p` is computed, and what it changes is cached
+    /// ([`crate::intervention`] on positions).
+    pub fn intervened(
+        model: &'a Gpt2,
+        tokenizer: &'a Tokenizer,
+        prompt: &[u32],
+        options: GenerateOptions,
+        interventions: &'a Interventions,
+    ) -> Result<Self> {
+        let mut generation = Self::unprefilled(model, tokenizer, prompt, None, options)?;
+        generation.interventions = interventions;
+        generation.prefill(prompt, None)?;
+        Ok(generation)
+    }
+
     /// [`Generation::new`] for a prompt that carries padding: `mask` (`[T]`,
     /// true at real tokens) marks it, and padding is never attended to nor
     /// counted as context for the repetition penalty.
@@ -376,15 +399,22 @@ impl<'a> Generation<'a> {
         options: GenerateOptions,
     ) -> Result<Self> {
         let mut generation = Self::unprefilled(model, tokenizer, prompt, mask, options)?;
-        let logits = model.forward_step(
+        generation.prefill(prompt, mask)?;
+        Ok(generation)
+    }
+
+    /// Run the prompt and keep the next-token logits.
+    fn prefill(&mut self, prompt: &[u32], mask: Option<&[bool]>) -> Result<()> {
+        let logits = self.model.forward_step_intervened(
             prompt,
             mask,
-            &mut generation.cache,
+            &mut self.cache,
             Logits::Last,
             &mut Trace::off(),
+            self.interventions,
         )?;
-        generation.logits = logits.row(0).to_owned();
-        Ok(generation)
+        self.logits = logits.row(0).to_owned();
+        Ok(())
     }
 
     /// A generation whose prompt has not run yet: options checked, an empty
@@ -415,6 +445,7 @@ impl<'a> Generation<'a> {
         Ok(Generation {
             model,
             tokenizer,
+            interventions: &NO_INTERVENTIONS,
             rng: Rng::new(options.seed),
             options,
             cache: KvCache::new(model.config.n_layer),
@@ -454,12 +485,13 @@ impl<'a> Generation<'a> {
     fn step(&mut self) -> Result<Step> {
         let step = self.choose_next()?;
         if self.stop.is_none() {
-            let logits = self.model.forward_step(
+            let logits = self.model.forward_step_intervened(
                 &[step.id],
                 None,
                 &mut self.cache,
                 Logits::Last,
                 &mut Trace::off(),
+                self.interventions,
             )?;
             self.logits = logits.row(0).to_owned();
         }

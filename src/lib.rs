@@ -132,7 +132,12 @@
 //!    it with its parameter counts ([`inspect::architecture`]), and for a
 //!    prompt the residual stream, every attention head and the logit lens,
 //!    layer by layer ([`inspect::inspect`]), as tables or PNG figures.
-//! 10. **Training** — [`train`]: fine-tune on a text as PyTorch would, step
+//! 10. **Changing it** — [`intervention`]: replace, add to or edit any named
+//!     activation (or one head's output) as the forward pass runs, in a
+//!     cache or a batch ([`Gpt2::forward_step_intervened`]); head ablation in
+//!     one line, activation patching ([`inspect::patching`]) and an
+//!     induction-head test ([`inspect::induction`]) on top of it.
+//! 11. **Training** — [`train`]: fine-tune on a text as PyTorch would, step
 //!     for step: the fixed data order, the backward pass on the kernels
 //!     ([`train::loss_and_gradients`], proven equal to
 //!     [`reference::loss_and_gradients`]), global-norm clipping, nanoGPT's
@@ -155,6 +160,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod inspect;
+pub mod intervention;
 #[doc(hidden)]
 pub mod kernels;
 pub mod model;
@@ -166,6 +172,7 @@ pub mod train;
 pub mod weights;
 
 pub use config::Config;
+pub use intervention::{Intervention, Interventions};
 pub use model::{Gpt2, KvCache, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;

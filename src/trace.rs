@@ -14,6 +14,7 @@
 //! | `h.{i}.attn.scores` | `[n_head, T, Tk]` | scaled, masked scores (`-inf` where masked) |
 //! | `h.{i}.attn.probs` | `[n_head, T, Tk]` | softmax of the scores |
 //! | `h.{i}.attn.merged` | `[T, C]` | heads merged back |
+//! | `h.{i}.attn.z` | `[n_head, T, d]` | `attn.merged` again, each head's output apart (before `c_proj`): recorded when asked for by name or prefix, not by [`Trace::all`] |
 //! | `h.{i}.attn.c_proj` | `[T, C]` | attention output projection |
 //! | `h.{i}.resid_1` | `[T, C]` | residual stream after the attention |
 //! | `h.{i}.ln_2` | `[T, C]` | second LayerNorm |
@@ -90,6 +91,13 @@ impl Trace {
     /// Whether step `step` of block `layer` (`h.{layer}.{step}`) would be recorded.
     pub fn wants_in(&self, layer: usize, step: &str) -> bool {
         !matches!(self.filter, Filter::Off) && self.wants(&block_name(layer, step))
+    }
+
+    /// Whether step `step` of block `layer` is asked for by name or prefix
+    /// (not merely by [`Trace::all`]): for a view of another step, such as
+    /// `attn.z`, that `all` would only record twice.
+    pub fn asks_for_in(&self, layer: usize, step: &str) -> bool {
+        !matches!(self.filter, Filter::Off | Filter::All) && self.wants(&block_name(layer, step))
     }
 
     /// Record a top-level step (`embed`, `ln_f`, `logits`).

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "next_token",
     "perplexity",
     "architecture",
     "inspect",
+    "patch",
     "train",
 ];
 
@@ -115,6 +116,21 @@ fn a_missing_model_directory_is_one_line_and_status_1_in_every_example_even_with
         ("perplexity", vec!["--model", m, "--file", "README.md"]),
         ("architecture", vec!["--model", m]),
         ("inspect", vec!["--model", m, "x"]),
+        (
+            "patch",
+            vec![
+                "--model",
+                m,
+                "--clean",
+                "a",
+                "--corrupt",
+                "b",
+                "--answer",
+                "c",
+                "--wrong",
+                "d",
+            ],
+        ),
     ] {
         let line = one_error_line(name, &args);
         assert_eq!(line, format!("error: model directory {m} does not exist"));
@@ -282,4 +298,65 @@ fn train_refuses_bad_input_in_one_line_and_writes_nothing() {
         assert!(!log.exists(), "{args:?}: the log was written");
         assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1, "{args:?}");
     }
+}
+
+/// `patch` as the README runs it: the tables, the JSON with the five keys
+/// the issue names, and both heat maps; and its two errors, one line each.
+#[test]
+fn patch_runs_as_documented_and_refuses_unequal_lengths_and_multi_token_answers() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-patch");
+    let json = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-patch.json");
+    let (j, d) = (json.to_str().expect("UTF-8"), dir.to_str().expect("UTF-8"));
+    let clean = "And they came to Pharaoh king of";
+    let corrupt = "And they came to Cyrus king of";
+    let args = [
+        "--model",
+        "models/kjv-gpt2",
+        "--clean",
+        clean,
+        "--corrupt",
+        corrupt,
+        "--answer",
+        " Egypt",
+        "--wrong",
+        " Persia",
+    ];
+    let out = run("patch", &[&args[..], &["--json", j, "--out", d]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("  clean    10.637"), "{stdout}");
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON")).expect("JSON");
+    let keys: Vec<&String> = value.as_object().expect("an object").keys().collect();
+    assert_eq!(
+        keys,
+        ["clean", "corrupt", "head_out", "resid_pre", "tokens"]
+    );
+    assert_eq!(value["resid_pre"].as_array().map(Vec::len), Some(6));
+    assert_eq!(value["resid_pre"][0].as_array().map(Vec::len), Some(7));
+    assert_eq!(value["head_out"][5].as_array().map(Vec::len), Some(4));
+    assert_eq!(value["tokens"][4], " Pharaoh");
+    for png in ["patch-resid-pre.png", "patch-head-out.png"] {
+        let bytes = std::fs::read(dir.join(png)).expect("the figure");
+        assert!(bytes.starts_with(b"\x89PNG"), "{png} is a PNG");
+    }
+
+    let mut longer = args.to_vec();
+    longer[5] = "And they came unto Cyrus the king of";
+    let line = one_error_line("patch", &longer);
+    assert!(
+        line.contains("the clean one has 7, the corrupted one 8"),
+        "{line}"
+    );
+    let mut several = args.to_vec();
+    several[9] = " Nebuchadnezzar";
+    let line = one_error_line("patch", &several);
+    assert!(
+        line.starts_with("error: --wrong: caused by \" Nebuchadnezzar\" is 6 tokens, not one"),
+        "{line}"
+    );
 }

@@ -8,6 +8,9 @@
 //!   [`Inspection::report`] prints it as tables
 //!   (`cargo run --release --example inspect -- "prompt"`), and the `plot`
 //!   module (cargo feature `plot`, on by default) draws it as PNG figures.
+//! - [`patching`] finds which activations carry the difference between two
+//!   prompts, by patching them from one run into the other
+//!   (`cargo run --release --example patch`).
 //!
 //! ## What is measured
 //!
@@ -47,6 +50,8 @@ use crate::tokenizer::Tokenizer;
 use crate::trace::Trace;
 
 mod architecture;
+pub mod induction;
+pub mod patching;
 #[cfg(feature = "plot")]
 pub mod plot;
 

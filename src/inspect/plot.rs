@@ -40,6 +40,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::patching::Patching;
 use super::{token_label, Inspection};
 
 /// The logit-lens figure shows at most this many positions (the last ones).
@@ -327,19 +328,202 @@ fn draw_logit_lens(inspection: &Inspection, image: &mut Rgb) -> DrawResult {
     Ok(())
 }
 
+// Patching heat-map geometry, in pixels (cells as the logit lens's, a taller title).
+const PATCH_TITLE: u32 = 56;
+const PATCH_CELL_H: u32 = 30;
+const PATCH_BOTTOM: u32 = 64;
+
+/// Width and height in pixels of a patching heat map of `rows` blocks and
+/// `cols` positions or heads: `(64 + 88·cols + 80, 56 + 30·rows + 64)`, at
+/// least 560 wide (the title's room). The bundled model's 6 blocks and 7
+/// positions: 760 × 300.
+pub fn patching_size(rows: usize, cols: usize) -> (u32, u32) {
+    (
+        (LENS_LEFT + CELL_W * cols as u32 + COLORBAR).max(560),
+        PATCH_TITLE + PATCH_CELL_H * rows as u32 + PATCH_BOTTOM,
+    )
+}
+
+/// Draw both sweeps of a [`Patching`] into `dir` (created if missing):
+/// `patch-resid-pre.png` (blocks × positions, labelled with the tokens) and
+/// `patch-head-out.png` (blocks × heads). Each cell is labelled with the
+/// metric and coloured by how much of the clean metric it restores,
+/// [`Patching::restored`]: white 0 (the corrupted run's), red 1 (the clean
+/// run's), blue −1. Returns the paths written.
+pub fn patching_pngs(patching: &Patching, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let clean: Vec<String> = patching.tokens.iter().map(|t| token_label(t, 11)).collect();
+    let corrupt: Vec<String> = (patching.tokens.iter().zip(&patching.corrupt_tokens))
+        .map(|(a, b)| {
+            if a == b {
+                String::new()
+            } else {
+                token_label(b, 11)
+            }
+        })
+        .collect();
+    let heads: Vec<String> = (0..patching.head_out.ncols())
+        .map(|h| format!("head {h}"))
+        .collect();
+    let blank = vec![String::new(); heads.len()];
+    let figures = [
+        (
+            "patch-resid-pre.png",
+            "resid_pre: block l's input at position p from the clean run",
+            &patching.resid_pre,
+            (&clean, &corrupt),
+            "position (clean token; below it the corrupted one where they differ)",
+        ),
+        (
+            "patch-head-out.png",
+            "head_out: head h of block l, all positions, from the clean run",
+            &patching.head_out,
+            (&heads, &blank),
+            "head",
+        ),
+    ];
+    let mut written = Vec::new();
+    for (file, title, values, columns, caption) in figures {
+        let path = dir.join(file);
+        let size = patching_size(values.nrows(), values.ncols());
+        let mut image = Rgb::new(size);
+        let map = HeatMap {
+            title,
+            values,
+            columns,
+            caption,
+        };
+        draw_patching(patching, &map, &mut image).map_err(|e| anyhow!("drawing failed: {e}"))?;
+        image.save(&path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// One sweep to draw: its values `[n_layer, columns]` and the column labels
+/// (two lines each).
+struct HeatMap<'a> {
+    title: &'a str,
+    values: &'a ndarray::Array2<f32>,
+    columns: (&'a Vec<String>, &'a Vec<String>),
+    caption: &'a str,
+}
+
+fn draw_patching(patching: &Patching, map: &HeatMap<'_>, image: &mut Rgb) -> DrawResult {
+    let size = (image.width, image.height);
+    let root = BitMapBackend::with_buffer(&mut image.pixels, size).into_drawing_area();
+    let x0 = GAP as i32;
+    text(&root, map.title, (x0, 16), 15.0, Align::Start, BLACK)?;
+    let metric = format!(
+        "metric logit({}) − logit({}) at the last position: clean {:.2}, corrupted {:.2}",
+        token_label(&patching.answer_text, 14),
+        token_label(&patching.wrong_text, 14),
+        patching.clean,
+        patching.corrupt
+    );
+    text(&root, &metric, (x0, 38), 12.0, Align::Start, BLACK)?;
+    let (cw, ch, top) = (CELL_W as i32, PATCH_CELL_H as i32, PATCH_TITLE as i32);
+    for (l, row) in map.values.rows().into_iter().enumerate() {
+        let y = top + l as i32 * ch;
+        let label = format!("h.{l}");
+        text(
+            &root,
+            &label,
+            (LENS_LEFT as i32 - 6, y + ch / 2),
+            12.0,
+            Align::End,
+            BLACK,
+        )?;
+        for (col, &m) in row.iter().enumerate() {
+            let x = LENS_LEFT as i32 + col as i32 * cw;
+            let restored = patching.restored(m);
+            let fill = diverging(restored);
+            root.draw(&Rectangle::new([(x, y), (x + cw, y + ch)], fill.filled()))?;
+            let ink = if restored.abs() > 0.6 { WHITE } else { BLACK };
+            let at = (x + cw / 2, y + ch / 2);
+            text(&root, &format!("{m:.2}"), at, 12.0, Align::Middle, ink)?;
+        }
+    }
+    let bottom = top + map.values.nrows() as i32 * ch;
+    root.draw(&Rectangle::new(
+        [
+            (LENS_LEFT as i32 - 1, top - 1),
+            (LENS_LEFT as i32 + map.values.ncols() as i32 * cw, bottom),
+        ],
+        BLACK.stroke_width(1),
+    ))?;
+    let (first, second) = map.columns;
+    for (col, (a, b)) in first.iter().zip(second).enumerate() {
+        let x = LENS_LEFT as i32 + col as i32 * cw + cw / 2;
+        text(&root, a, (x, bottom + 11), 12.0, Align::Middle, BLACK)?;
+        text(
+            &root,
+            b,
+            (x, bottom + 27),
+            12.0,
+            Align::Middle,
+            RGBColor(178, 24, 43),
+        )?;
+    }
+    text(
+        &root,
+        map.caption,
+        (LENS_LEFT as i32, bottom + 48),
+        12.0,
+        Align::Start,
+        BLACK,
+    )?;
+    colorbar_of(&root, size, "restored", diverging, (-1.0, 1.0))?;
+    root.present()?;
+    Ok(())
+}
+
+/// A diverging colour for `v` in `[−1, 1]` (clamped): blue at −1, near-white
+/// at 0, red at 1 (the ends of ColorBrewer's RdBu).
+pub fn diverging(v: f32) -> RGBColor {
+    let v = if v.is_nan() { 0.0 } else { v.clamp(-1.0, 1.0) };
+    let (white, end) = (
+        (247.0, 247.0, 247.0),
+        if v >= 0.0 {
+            (178.0, 24.0, 43.0)
+        } else {
+            (33.0, 102.0, 172.0)
+        },
+    );
+    let f = v.abs();
+    let lerp = |a: f32, b: f32| (a + (b - a) * f).round() as u8;
+    RGBColor(
+        lerp(white.0, end.0),
+        lerp(white.1, end.1),
+        lerp(white.2, end.2),
+    )
+}
+
 /// A vertical viridis bar from 0 (bottom) to 1 (top) along the right edge.
-fn colorbar(root: &Area<'_>, (width, height): (u32, u32), caption: &str) -> DrawResult {
+fn colorbar(root: &Area<'_>, size: (u32, u32), caption: &str) -> DrawResult {
+    colorbar_of(root, size, caption, viridis, (0.0, 1.0))
+}
+
+/// A vertical bar of `colour` from `lo` (bottom) to `hi` (top) along the right edge.
+fn colorbar_of(
+    root: &Area<'_>,
+    (width, height): (u32, u32),
+    caption: &str,
+    colour: fn(f32) -> RGBColor,
+    (lo, hi): (f32, f32),
+) -> DrawResult {
     let x = (width - COLORBAR + 14) as i32;
     let top = TITLE as i32 + 14;
     let bar_h = (height as i32 - top - 24).clamp(20, 240);
     for dy in 0..bar_h {
-        let v = 1.0 - dy as f32 / (bar_h - 1).max(1) as f32;
+        let v = hi - (hi - lo) * dy as f32 / (bar_h - 1).max(1) as f32;
         root.draw(&Rectangle::new(
             [(x, top + dy), (x + 14, top + dy + 1)],
-            viridis(v).filled(),
+            colour(v).filled(),
         ))?;
     }
-    for (v, y) in [(1.0, top), (0.5, top + bar_h / 2), (0.0, top + bar_h - 1)] {
+    let mid = (lo + hi) / 2.0;
+    for (v, y) in [(hi, top), (mid, top + bar_h / 2), (lo, top + bar_h - 1)] {
         text(
             root,
             &format!("{v:.1}"),

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::Dtype;
 use crate::config::Config;
+use crate::intervention::{Hooks, Interventions};
 use crate::kernels::{attend, conv1d, layer_norm, matmul, AttentionMaps};
 use crate::trace::Trace;
 use crate::weights::{Conv1D, LayerNorm, Matrix};
@@ -147,13 +148,44 @@ impl Gpt2 {
         logits: Logits,
         trace: &mut Trace,
     ) -> Result<Array2<f32>> {
+        let none = Interventions::none();
+        self.forward_step_intervened(ids, mask, cache, logits, trace, &none)
+    }
+
+    /// [`Gpt2::forward`] with `interventions` changing activations as it runs
+    /// ([`crate::intervention`]), recording what `trace` asks for.
+    pub fn forward_intervened(
+        &self,
+        ids: &[u32],
+        trace: &mut Trace,
+        interventions: &Interventions,
+    ) -> Result<Array2<f32>> {
+        let mut cache = KvCache::new(self.config.n_layer);
+        self.forward_step_intervened(ids, None, &mut cache, Logits::All, trace, interventions)
+    }
+
+    /// [`Gpt2::forward_step`] with `interventions` ([`crate::intervention`]):
+    /// each acts on the positions of this step it names, and what it changes
+    /// is what the cache keeps. Errors as [`Gpt2::forward_step`], and for an
+    /// intervention that does not fit the model (a site, block or head that
+    /// does not exist, a value of the wrong shape).
+    pub fn forward_step_intervened(
+        &self,
+        ids: &[u32],
+        mask: Option<&[bool]>,
+        cache: &mut KvCache,
+        logits: Logits,
+        trace: &mut Trace,
+        interventions: &Interventions,
+    ) -> Result<Array2<f32>> {
         self.check_step(ids, mask, cache)?;
+        interventions.check(&self.config)?;
         let x = self.embed(ids, mask, cache); // [T, C]
         let mut sequences = [Sequence {
             rows: 0..ids.len(),
             cache,
         }];
-        Ok(self.forward_rows(x, &mut sequences, logits, trace))
+        Ok(self.forward_rows(x, &mut sequences, logits, trace, interventions))
     }
 
     /// One forward step of several sequences, each with its own new tokens
@@ -173,7 +205,21 @@ impl Gpt2 {
         steps: &mut [SequenceStep<'_>],
         logits: Logits,
     ) -> Result<Array2<f32>> {
+        self.forward_steps_intervened(steps, logits, &Interventions::none())
+    }
+
+    /// [`Gpt2::forward_steps`] with `interventions`
+    /// ([`crate::intervention`]); one that names a sequence
+    /// ([`Intervention::in_sequence`](crate::intervention::Intervention::in_sequence))
+    /// acts on the `b`-th of `steps` only.
+    pub fn forward_steps_intervened(
+        &self,
+        steps: &mut [SequenceStep<'_>],
+        logits: Logits,
+        interventions: &Interventions,
+    ) -> Result<Array2<f32>> {
         ensure!(!steps.is_empty(), "no sequences to run");
+        interventions.check(&self.config)?;
         for (b, step) in steps.iter().enumerate() {
             self.check_step(step.ids, step.mask, step.cache)
                 .map_err(|e| e.context(format!("sequence {b} of the step")))?;
@@ -196,7 +242,7 @@ impl Gpt2 {
                 cache: &mut *step.cache,
             });
         }
-        Ok(self.forward_rows(x, &mut sequences, logits, &mut Trace::off()))
+        Ok(self.forward_rows(x, &mut sequences, logits, &mut Trace::off(), interventions))
     }
 
     /// The forward pass of several sequences at once, their rows stacked in
@@ -212,12 +258,13 @@ impl Gpt2 {
         sequences: &mut [Sequence<'_>],
         logits: Logits,
         trace: &mut Trace,
+        edits: &Interventions,
     ) -> Array2<f32> {
         // The whole pass runs on one of the pool's threads: each parallel step
         // inside it then shares its work with the pool's other threads
         // directly, instead of queueing it from outside the pool and waiting
         // to be woken when it is done (a hundred times per decoded token).
-        rayon::scope(|_| self.layers(x, sequences, logits, trace))
+        rayon::scope(|_| self.layers(x, sequences, logits, trace, edits))
     }
 
     /// The body of [`Gpt2::forward_rows`]: blocks, final layer norm, head.
@@ -227,7 +274,11 @@ impl Gpt2 {
         sequences: &mut [Sequence<'_>],
         logits: Logits,
         trace: &mut Trace,
+        edits: &Interventions,
     ) -> Array2<f32> {
+        let new_rows = sequences.iter().map(|s| (s.cache.len(), s.rows.len()));
+        let mut hooks = Hooks::new(edits, new_rows, self.config.n_head);
+        hooks.apply(None, "embed", &mut x);
         trace.record("embed", x.view());
         let last_rows: Vec<usize> = sequences.iter().map(|s| s.rows.end - 1).collect();
         for (i, block) in self.h.iter().enumerate() {
@@ -236,10 +287,11 @@ impl Gpt2 {
             // but only the wanted ones ask a query and go through the MLP.
             let last_block = i + 1 == self.h.len();
             let keep = (last_block && logits == Logits::Last).then_some(&last_rows[..]);
-            x = self.block(i, block, x, sequences, keep, trace);
+            x = self.block(i, block, x, sequences, keep, trace, &mut hooks);
         }
         debug_assert!(!self.h.is_empty(), "Config::validate refuses n_layer = 0");
-        let x = layer_norm(x.view(), &self.ln_f);
+        let mut x = layer_norm(x.view(), &self.ln_f);
+        hooks.apply(None, "ln_f", &mut x);
         trace.record("ln_f", x.view());
         let logits = self.head(x.view()); // [T', vocab]
         trace.record("logits", logits.view());
@@ -275,6 +327,7 @@ impl Gpt2 {
     ///
     /// With `keep`, only those rows leave the block (`[T, C]` → `[len, C]`):
     /// all rows still add their keys and values to the cache.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         i: usize,
@@ -283,20 +336,25 @@ impl Gpt2 {
         sequences: &mut [Sequence<'_>],
         keep: Option<&[usize]>,
         trace: &mut Trace,
+        hooks: &mut Hooks<'_>,
     ) -> Array2<f32> {
-        let a = layer_norm(x.view(), &h.ln_1); // [T, C]
+        let mut a = layer_norm(x.view(), &h.ln_1); // [T, C]
+        hooks.apply(Some(i), "ln_1", &mut a);
         trace.record_in(i, "ln_1", a.view());
-        let attn = self.attention(i, &h.attn, a.view(), sequences, keep, trace);
+        let attn = self.attention(i, &h.attn, a.view(), sequences, keep, trace, hooks);
         let mut x = match keep {
             Some(rows) => x.select(Axis(0), rows),
             None => x,
         };
         residual(&mut x, &attn);
+        hooks.apply(Some(i), "resid_1", &mut x);
         trace.record_in(i, "resid_1", x.view());
 
-        let m = layer_norm(x.view(), &h.ln_2); // [T, C]
+        let mut m = layer_norm(x.view(), &h.ln_2); // [T, C]
+        hooks.apply(Some(i), "ln_2", &mut m);
         trace.record_in(i, "ln_2", m.view());
-        residual(&mut x, &self.mlp(i, &h.mlp, m.view(), trace));
+        residual(&mut x, &self.mlp(i, &h.mlp, m.view(), trace, hooks));
+        hooks.apply(Some(i), "", &mut x);
         trace.record_in(i, "", x.view());
         x
     }
@@ -305,6 +363,7 @@ impl Gpt2 {
     /// to the cache, attend with every head over all cached positions, merge,
     /// project. `x: [T, C]` → `[T, C]`, or `[len, C]` for the queries of the
     /// rows in `keep` only.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         i: usize,
@@ -313,9 +372,11 @@ impl Gpt2 {
         sequences: &mut [Sequence<'_>],
         keep: Option<&[usize]>,
         trace: &mut Trace,
+        hooks: &mut Hooks<'_>,
     ) -> Array2<f32> {
         let c = self.config.n_embd;
-        let qkv = conv1d(x, &attn.c_attn); // [T, 3C]
+        let mut qkv = conv1d(x, &attn.c_attn); // [T, 3C]
+        hooks.apply(Some(i), "attn.c_attn", &mut qkv);
         trace.record_in(i, "attn.c_attn", qkv.view());
         let (q, k, v) = (
             qkv.slice(s![.., ..c]),
@@ -330,14 +391,21 @@ impl Gpt2 {
         let kept;
         let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
             Some(rows) => {
+                hooks.keep(rows);
                 kept = q.select(Axis(0), rows);
                 (kept.view(), (0..rows.len()).map(|r| r..r + 1).collect())
             }
             None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
         };
-        let merged = self.attend(i, q, &query_rows, sequences, trace); // [T, C]
+        let mut merged = self.attend(i, q, &query_rows, sequences, trace); // [T, C]
+        hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
         trace.record_in(i, "attn.merged", merged.view());
-        let out = conv1d(merged.view(), &attn.c_proj); // [T, C]
+        if trace.asks_for_in(i, "attn.z") {
+            let z = split_heads(merged.view(), self.config.n_head); // [n_head, T, d]
+            trace.record_in(i, "attn.z", z.view());
+        }
+        let mut out = conv1d(merged.view(), &attn.c_proj); // [T, C]
+        hooks.apply(Some(i), "attn.c_proj", &mut out);
         trace.record_in(i, "attn.c_proj", out.view());
         out
     }
@@ -393,12 +461,22 @@ impl Gpt2 {
     }
 
     /// The MLP of block `i`: `c_proj(act(c_fc(x)))`, `[T, C]` → `[T, n_inner]` → `[T, C]`.
-    fn mlp(&self, i: usize, mlp: &Mlp, x: ArrayView2<f32>, trace: &mut Trace) -> Array2<f32> {
+    fn mlp(
+        &self,
+        i: usize,
+        mlp: &Mlp,
+        x: ArrayView2<f32>,
+        trace: &mut Trace,
+        hooks: &Hooks<'_>,
+    ) -> Array2<f32> {
         let mut hidden = conv1d(x, &mlp.c_fc); // [T, n_inner]
+        hooks.apply(Some(i), "mlp.c_fc", &mut hidden);
         trace.record_in(i, "mlp.c_fc", hidden.view());
         self.config.activation.apply_inplace(hidden.view_mut());
+        hooks.apply(Some(i), "mlp.act", &mut hidden);
         trace.record_in(i, "mlp.act", hidden.view());
-        let out = conv1d(hidden.view(), &mlp.c_proj); // [T, C]
+        let mut out = conv1d(hidden.view(), &mlp.c_proj); // [T, C]
+        hooks.apply(Some(i), "mlp.c_proj", &mut out);
         trace.record_in(i, "mlp.c_proj", out.view());
         out
     }
@@ -505,7 +583,8 @@ impl Gpt2 {
                 cache,
             })
             .collect();
-        let out = self.forward_rows(x, &mut sequences, logits, &mut Trace::off());
+        let none = Interventions::none();
+        let out = self.forward_rows(x, &mut sequences, logits, &mut Trace::off(), &none);
         let per_row = if logits == Logits::Last { 1 } else { t };
         Ok(out
             .into_shape_with_order((b, per_row, self.config.vocab_size))
