@@ -137,6 +137,11 @@
 //!     cache or a batch ([`Gpt2::forward_step_intervened`]); head ablation in
 //!     one line, activation patching ([`inspect::patching`]) and an
 //!     induction-head test ([`inspect::induction`]) on top of it.
+//! 11. **Training** — [`train`]: fine-tune on a text as PyTorch would, step
+//!     for step: the fixed data order, the backward pass on the kernels
+//!     ([`train::loss_and_gradients`], proven equal to
+//!     [`reference::loss_and_gradients`]), global-norm clipping, nanoGPT's
+//!     schedule, AdamW; [`train::save_model_dir`] writes a GPT-2 directory.
 //!
 //! ## 4. How it is verified
 //!
@@ -163,6 +168,7 @@ pub mod perplexity;
 pub mod reference;
 pub mod tokenizer;
 pub mod trace;
+pub mod train;
 pub mod weights;
 
 pub use config::Config;

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
 /// Immutable bytes shared by every tensor of one file: a memory map, or any
 /// byte buffer. `as_ref` must return the same slice every time (a memory map
@@ -127,6 +127,28 @@ impl Matrix {
     /// An owned copy of the values.
     pub fn to_owned(&self) -> Array2<f32> {
         self.view().to_owned()
+    }
+
+    /// The values, mutable (what an optimiser step writes to). Copy on
+    /// write: a matrix read in place from shared bytes (a memory map, which
+    /// is read-only) is first copied into an owned array, once; an owned
+    /// matrix is handed out as it is.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use gpt2_ndarray::weights::Matrix;
+    /// let mut w = Matrix::from(array![[1.0, 2.0]]);
+    /// w.view_mut()[[0, 1]] = 5.0;
+    /// assert_eq!(w.view(), array![[1.0, 5.0]]);
+    /// ```
+    pub fn view_mut(&mut self) -> ArrayViewMut2<'_, f32> {
+        if !matches!(self.data, Data::Owned(_)) {
+            self.data = Data::Owned(self.to_owned());
+        }
+        match &mut self.data {
+            Data::Owned(a) => a.view_mut(),
+            _ => unreachable!("made owned above"),
+        }
     }
 }
 

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "next_token",
     "perplexity",
     "architecture",
     "inspect",
     "patch",
+    "train",
 ];
 
 fn repo(rel: &str) -> PathBuf {
@@ -200,6 +201,103 @@ fn a_run_off_a_terminal_prints_its_results_and_no_progress_bar() {
         stderr, "300 tokens, windows of 128 every 64\n",
         "a progress bar was drawn into a pipe"
     );
+}
+
+#[test]
+fn train_refuses_bad_input_in_one_line_and_writes_nothing() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-cli");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let text = tmp.join("text.txt");
+    std::fs::write(
+        &text,
+        "In the beginning God created the heaven and the earth. ".repeat(20),
+    )
+    .unwrap();
+    let empty = tmp.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = tmp.join("short.txt");
+    std::fs::write(&short, "In the beginning").unwrap();
+    let full = tmp.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("keep.txt"), "x").unwrap();
+    let out = tmp.join("out");
+    let log = tmp.join("log.jsonl");
+    let p = |p: &Path| p.to_str().expect("UTF-8").to_owned();
+    let args = |data: &Path, out: &Path, changes: &[(&str, &str)]| -> Vec<String> {
+        let mut flags = vec![
+            ("--model", "golden/model".to_string()),
+            ("--data", p(data)),
+            ("--out", p(out)),
+            ("--steps", "3".into()),
+            ("--batch", "2".into()),
+            ("--seq", "8".into()),
+            ("--lr", "1e-3".into()),
+            ("--warmup", "1".into()),
+            ("--weight-decay", "0.1".into()),
+            ("--grad-clip", "1.0".into()),
+            ("--log-json", p(&log)),
+        ];
+        for (flag, value) in changes {
+            match flags.iter_mut().find(|(f, _)| f == flag) {
+                Some(entry) => entry.1 = value.to_string(),
+                None => flags.push((flag, value.to_string())),
+            }
+        }
+        flags
+            .into_iter()
+            .flat_map(|(f, v)| [f.to_string(), v])
+            .collect()
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            args(&empty, &out, &[]),
+            format!("error: {} is empty", p(&empty)),
+        ),
+        (
+            args(&short, &out, &[]),
+            format!(
+                "error: cannot train on {}: caused by the text has 3 tokens: too short for \
+                 sequences of 8 tokens (at least 10 needed)",
+                p(&short)
+            ),
+        ),
+        (
+            args(&text, &out, &[("--seq", "129")]),
+            "error: --seq 129 is longer than the model's n_positions = 128".into(),
+        ),
+        (
+            args(&text, &out, &[("--steps", "0")]),
+            "error: --steps must be at least 1".into(),
+        ),
+        (
+            args(&text, &out, &[("--batch", "0")]),
+            "error: --batch must be at least 1".into(),
+        ),
+        (
+            args(&text, &out, &[("--lr", "-1e-3")]),
+            "error: the learning rate must be a finite number ≥ 0, got -0.001".into(),
+        ),
+        (
+            args(&text, &out, &[("--warmup", "3")]),
+            "error: the warm-up (3 steps) must be shorter than the run (3 steps)".into(),
+        ),
+        (
+            args(&text, &full, &[]),
+            format!(
+                "error: the output directory {} exists and is not empty",
+                p(&full)
+            ),
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = one_error_line("train", &args);
+        assert_eq!(line, expected, "{args:?}");
+        assert!(!out.exists(), "{args:?}: the output directory was written");
+        assert!(!log.exists(), "{args:?}: the log was written");
+        assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1, "{args:?}");
+    }
 }
 
 /// `patch` as the README runs it: the tables, the JSON with the five keys
