@@ -86,10 +86,16 @@ pub fn head<'w>(
 /// logits = ln_f(x) · wteᵀ
 /// ```
 ///
+/// A model whose weights are stored in half precision is first upcast to
+/// `f32` ([`Gpt2::upcast`]; exact): the reference computes with `f32` values.
+///
 /// Panics if `ids` is empty, longer than `n_positions`, or holds an id
 /// `≥ vocab_size` (this is the tier for reading; [`Gpt2::forward`] checks and
 /// returns errors).
 pub fn forward(model: &Gpt2, ids: &[u32]) -> Activations {
+    // Half-precision weights are upcast once, here: below, every weight is a
+    // plain f32 view.
+    let model = &*model.upcast();
     let config = &model.config;
     assert!(
         !ids.is_empty() && ids.len() <= config.n_positions,
