@@ -21,6 +21,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
 }
 
 fn main() -> ExitCode {
@@ -33,7 +39,7 @@ fn try_main() -> Result<()> {
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let model = Gpt2::from_dir(&dir)?;
+    let model = common::load_weights(&dir, args.dtype)?;
     println!("model: {}\n", common::shown(&dir));
     println!("{}\n", architecture(&model));
     print!("{}", parameter_table(&model));

@@ -154,8 +154,9 @@ pub mod tokenizer;
 pub mod trace;
 pub mod weights;
 
+pub use checkpoint::Dtype;
 pub use config::Config;
-pub use model::{Gpt2, KvCache, Logits, SequenceStep};
+pub use model::{Gpt2, KvCache, LoadOptions, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
 

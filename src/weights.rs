@@ -330,7 +330,10 @@ impl Matrix {
         let bits: Vec<u16> = match dtype {
             Dtype::F32 => return Matrix::from(self.to_owned()),
             Dtype::F16 => values.iter().map(|&v| f16::from_f32(v).to_bits()).collect(),
-            Dtype::BF16 => values.iter().map(|&v| bf16::from_f32(v).to_bits()).collect(),
+            Dtype::BF16 => values
+                .iter()
+                .map(|&v| bf16::from_f32(v).to_bits())
+                .collect(),
             Dtype::F64 => panic!("f64 is not a storage dtype of a weight matrix"),
         };
         Matrix::half(dtype, Shared::from_vec(bits), self.dim).expect("as many values as elements")

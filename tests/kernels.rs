@@ -330,13 +330,21 @@ fn widening_f16_and_bf16_is_exact_for_every_bit_pattern() {
                 widen(src, dst);
             }
             for (h, &g) in f16s.iter().zip(&got) {
-                assert!(same(g, h.to_f32()), "f16 {:#06x} at {level}: {g:e}", h.to_bits());
+                assert!(
+                    same(g, h.to_f32()),
+                    "f16 {:#06x} at {level}: {g:e}",
+                    h.to_bits()
+                );
             }
             for (src, dst) in bf16s.chunks(piece).zip(got.chunks_mut(piece)) {
                 widen(src, dst);
             }
             for (h, &g) in bf16s.iter().zip(&got) {
-                assert!(same(g, h.to_f32()), "bf16 {:#06x} at {level}: {g:e}", h.to_bits());
+                assert!(
+                    same(g, h.to_f32()),
+                    "bf16 {:#06x} at {level}: {g:e}",
+                    h.to_bits()
+                );
             }
         }
     });
@@ -394,7 +402,11 @@ fn half_products_at_this_level(level: Simd) {
                 // The same kernel, reading halves: the same bits.
                 for (g, p) in [(&got, &plain), (&got_t, &plain_t)] {
                     let differ = g.iter().zip(p.iter()).filter(|(a, b)| !same(**a, **b));
-                    assert_eq!(differ.count(), 0, "{name}: not the bits of the upcast product");
+                    assert_eq!(
+                        differ.count(),
+                        0,
+                        "{name}: not the bits of the upcast product"
+                    );
                 }
             }
             // And, whatever the path, equal to the plain definition.
@@ -425,8 +437,14 @@ fn half_dot_products_equal_the_f32_ones() {
             let yb: Vec<bf16> = y.iter().map(|&v| bf16::from_f32(v)).collect();
             let up16: Vec<f32> = y16.iter().map(|v| v.to_f32()).collect();
             let upb: Vec<f32> = yb.iter().map(|v| v.to_f32()).collect();
-            assert!(same(dot_lanes(&x, &y16), dot_lanes(&x, &up16)), "f16 {len} at {level}");
-            assert!(same(dot_lanes(&x, &yb), dot_lanes(&x, &upb)), "bf16 {len} at {level}");
+            assert!(
+                same(dot_lanes(&x, &y16), dot_lanes(&x, &up16)),
+                "f16 {len} at {level}"
+            );
+            assert!(
+                same(dot_lanes(&x, &yb), dot_lanes(&x, &upb)),
+                "bf16 {len} at {level}"
+            );
         }
     });
 }

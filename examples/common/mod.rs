@@ -128,16 +128,31 @@ pub fn shown(dir: &Path) -> String {
     dir.strip_prefix(&cwd).unwrap_or(dir).display().to_string()
 }
 
+/// The model of `dir`, its weight matrices kept as `dtype` (converted once),
+/// or as stored when `None` (`--dtype`).
+pub fn load_weights(
+    dir: &Path,
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
+) -> Result<gpt2_ndarray::Gpt2> {
+    let options = gpt2_ndarray::LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    gpt2_ndarray::Gpt2::from_dir_options(dir, &options)
+}
+
 /// [`resolve_model`], then say which model runs when it fell back (one line on
-/// stderr), then load the model and its tokenizer.
+/// stderr), then load the model (its matrices as `dtype`, see
+/// [`load_weights`]) and its tokenizer.
 pub fn load_model(
     arg: Option<PathBuf>,
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
 ) -> Result<(PathBuf, gpt2_ndarray::Gpt2, gpt2_ndarray::Tokenizer)> {
     let (dir, note) = resolve_model(arg)?;
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let model = gpt2_ndarray::Gpt2::from_dir(&dir)?;
+    let model = load_weights(&dir, dtype)?;
     let tokenizer = gpt2_ndarray::Tokenizer::from_dir(&dir)?;
     Ok((dir, model, tokenizer))
 }

@@ -382,7 +382,9 @@ pub fn parameter_table(model: &Gpt2) -> String {
         }
     }
     let in_memory = model.weight_bytes();
-    let dtype = model.dtype().map_or("mixed dtypes".to_string(), |d| d.to_string());
+    let dtype = model
+        .dtype()
+        .map_or("mixed dtypes".to_string(), |d| d.to_string());
     let _ = writeln!(
         out,
         "in memory ({dtype} matrices, f32 vectors): {} bytes ({})",

@@ -30,6 +30,8 @@ use half::{bf16, f16};
 use ndarray::ArrayView2;
 
 use super::simd::simd_targets;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{level, Simd};
 
 /// A type weights are stored in: `f32`, `f16` or `bf16`.
 pub trait Element: Copy + Send + Sync + 'static {
@@ -43,6 +45,17 @@ pub trait Element: Copy + Send + Sync + 'static {
 
     /// The matrix, when its values already are `f32`s.
     fn view_f32(_values: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, f32>> {
+        None
+    }
+
+    /// The values, when they are `f16`s (for the loops with a hardware
+    /// conversion).
+    fn slice_f16(_values: &[Self]) -> Option<&[f16]> {
+        None
+    }
+
+    /// The matrix, when its values are `f16`s.
+    fn view_f16(_values: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, f16>> {
         None
     }
 }
@@ -74,6 +87,14 @@ impl Element for f16 {
     fn to_f32(self) -> f32 {
         f16_bits_to_f32(self.to_bits())
     }
+
+    fn slice_f16(values: &[f16]) -> Option<&[f16]> {
+        Some(values)
+    }
+
+    fn view_f16(values: ArrayView2<'_, f16>) -> Option<ArrayView2<'_, f16>> {
+        Some(values)
+    }
 }
 
 /// The `f32` value of the `f16` whose bits are `h` (see the module's notes).
@@ -94,9 +115,21 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits | sign)
 }
 
+/// `dst[i] = src[i]` widened to `f32` (the slices have one length); `f16`
+/// with AVX-512's `vcvtph2ps` where the level is AVX-512.
+pub fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(src), Simd::Avx512) = (E::slice_f16(src), level()) {
+        // SAFETY: the level is `Avx512` only on a CPU that was detected to
+        // have AVX-512 F (`simd::level`).
+        return unsafe { super::half_avx512::widen_f16(src, dst) };
+    }
+    widen_lanes(src, dst)
+}
+
 simd_targets! {
-    /// `dst[i] = src[i]` widened to `f32` (the slices have one length).
-    pub fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
+    /// [`widen`] in plain Rust, vectorised for each level.
+    fn widen_lanes<E: Element>(src: &[E], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "widen: lengths differ");
         for (d, s) in dst.iter_mut().zip(src) {
             *d = s.to_f32();

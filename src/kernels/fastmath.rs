@@ -16,11 +16,11 @@
 //! the one the CPU has. None of them fuses a multiply and an add, so every
 //! level gives the same bits: only the vector width changes.
 
-pub(crate) use super::simd::simd_targets;
 use super::convert::Element;
+pub(crate) use super::simd::simd_targets;
 
 /// Partial sums kept by the reductions below.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Add the lanes pairwise, in a fixed order.
 ///
@@ -30,7 +30,7 @@ const LANES: usize = 16;
 /// buffer); out of line, the loop gets the full vector width. It runs once per
 /// reduction, so the call costs nothing that matters.
 #[inline(never)]
-fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
+pub(crate) fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;

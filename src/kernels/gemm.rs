@@ -220,7 +220,9 @@ fn gemm_panels<E: Element>(
         }
         let stored = &panel[..k * (j1 - j0)];
         let b32 = if column_major {
-            ArrayView2::from_shape((j1 - j0, k), stored).expect("panel").reversed_axes()
+            ArrayView2::from_shape((j1 - j0, k), stored)
+                .expect("panel")
+                .reversed_axes()
         } else {
             ArrayView2::from_shape((k, j1 - j0), stored).expect("panel")
         };
@@ -381,8 +383,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
-    kernel: impl Fn(&[f32], usize, usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]])
-        + Sync,
+    kernel: impl Fn(&[f32], usize, usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
 ) {
     let (m, k) = a.dim();
     debug_assert_eq!(w.len(), k * n);
@@ -589,8 +590,8 @@ fn gemv_rows<E: Element>(
             let acc_t = acc_t.as_slice_mut().expect("fresh array");
             let x = a.slice(s![t, i0..i0 + b_rows.nrows()]);
             match x.as_slice() {
-                Some(x) => add_scaled_rows(acc_t, b_rows, x),
-                None => add_scaled_rows(acc_t, b_rows, &x.to_vec()),
+                Some(x) => add_scaled_rows_any(acc_t, b_rows, x),
+                None => add_scaled_rows_any(acc_t, b_rows, &x.to_vec()),
             }
         }
         acc
@@ -638,13 +639,28 @@ simd_targets! {
     }
 }
 
+/// [`add_scaled_rows`], or its AVX-512 twin for `f16` weights (the same
+/// arithmetic, with the hardware conversion).
+fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(rows), Simd::Avx512) = (E::view_f16(rows), simd::level()) {
+        use super::half_avx512::scaled_row_passes_f16;
+        // SAFETY: the level is `Avx512` only on a CPU that was detected to
+        // have AVX-512 F (`simd::level`).
+        return unsafe {
+            if acc.len() <= NARROW {
+                scaled_row_passes_f16::<1>(acc, rows, xs)
+            } else {
+                scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs)
+            }
+        };
+    }
+    add_scaled_rows(acc, rows, xs)
+}
+
 /// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
 #[inline(always)]
-fn scaled_row_passes<const R: usize, E: Element>(
-    acc: &mut [f32],
-    rows: ArrayView2<E>,
-    xs: &[f32],
-) {
+fn scaled_row_passes<const R: usize, E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
     let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
     let k = rows.nrows();
     let mut i = 0;
@@ -687,6 +703,26 @@ simd_targets! {
     }
 }
 
+/// [`dot_columns`] for `f16` columns with AVX-512's conversion
+/// (`half_avx512::dot_f16`, the same arithmetic).
+#[cfg(target_arch = "x86_64")]
+fn dot_columns_f16_avx512(
+    rows: &[&[f32]],
+    b_band: ArrayView2<half::f16>,
+    mut c_band: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    for (j, column) in b_band.columns().into_iter().enumerate() {
+        let column = column.to_slice().expect("unit row stride");
+        for (t, row) in rows.iter().enumerate() {
+            // SAFETY: called only when the level is `Avx512`, which is set
+            // only on a CPU detected to have AVX-512 F (`simd::level`).
+            let v = unsafe { super::half_avx512::dot_f16(row, column) };
+            output.store(&mut c_band[[t, j]], v);
+        }
+    }
+}
+
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
 /// in attention): `cₜⱼ (+)= aₜ · b₍:,ⱼ₎`, one dot product per output, each
 /// column of `b` read once for all rows.
@@ -704,6 +740,10 @@ fn gemv_columns<E: Element>(
         .map(|r| r.to_slice().expect("standard layout"))
         .collect();
     let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<E>)| {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(b_band), Simd::Avx512) = (E::view_f16(b_band), simd::level()) {
+            return dot_columns_f16_avx512(&rows, b_band, c_band, output);
+        }
         dot_columns(&rows, b_band, c_band, output);
     };
     let (c_bands, b_bands) = (

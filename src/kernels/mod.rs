@@ -35,6 +35,8 @@ pub mod attention;
 pub mod convert;
 pub mod fastmath;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod half_avx512;
 pub mod linear;
 pub mod norm;
 pub mod simd;

@@ -27,6 +27,7 @@ use crate::weights::{Conv1D, LayerNorm, Matrix};
 
 mod cache;
 mod load;
+mod save;
 
 pub use cache::KvCache;
 pub use load::{LoadOptions, WeightsFormat};
@@ -122,7 +123,10 @@ impl Gpt2 {
     ///
     /// For [`Dtype::F64`], which is not a dtype weights are kept in.
     pub fn to_dtype(&self, dtype: Dtype) -> Gpt2 {
-        assert!(dtype != Dtype::F64, "weights are kept as f32, f16 or bf16, not f64");
+        assert!(
+            dtype != Dtype::F64,
+            "weights are kept as f32, f16 or bf16, not f64"
+        );
         let round = |v: &Array1<f32>| match dtype {
             Dtype::F16 => v.mapv(|x| half::f16::from_f32(x).to_f32()),
             Dtype::BF16 => v.mapv(|x| half::bf16::from_f32(x).to_f32()),
