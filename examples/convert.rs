@@ -1,6 +1,6 @@
 //! Write a GPT-2 directory's weights in another dtype: a new model directory
 //! with `model.safetensors` in f32, f16 or bf16 (which `transformers` loads),
-//! its `config.json` (`torch_dtype` set) and the tokenizer files copied.
+//! its `config.json` (`dtype` or `torch_dtype` set) and the tokenizer files copied.
 //!
 //! ```text
 //! cargo run --release --example convert -- --model models/gpt2 --dtype f16 --out models/gpt2-f16
@@ -67,7 +67,13 @@ fn try_main() -> Result<()> {
         Dtype::BF16 => "bfloat16",
         _ => "float32",
     };
-    config["torch_dtype"] = torch_dtype.into();
+    // transformers ≥ 4.56 writes `dtype`, older ones `torch_dtype`.
+    let key = if config.get("dtype").is_some() {
+        "dtype"
+    } else {
+        "torch_dtype"
+    };
+    config[key] = torch_dtype.into();
     std::fs::write(
         args.out.join("config.json"),
         serde_json::to_string_pretty(&config)?,

@@ -149,6 +149,7 @@ pub mod inspect;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+pub mod precision;
 pub mod reference;
 pub mod tokenizer;
 pub mod trace;
