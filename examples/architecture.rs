@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use gpt2_ndarray::inspect::{architecture, parameter_table};
-use gpt2_ndarray::Gpt2;
 
 /// Print the module tree of a GPT-2 and where its parameters are.
 #[derive(Parser)]

@@ -43,7 +43,11 @@ fn main() -> Result<()> {
     let dir = args
         .model
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2"));
-    let model = common::load_weights(&dir, args.dtype)
+    let options = gpt2_ndarray::LoadOptions {
+        dtype: args.dtype,
+        ..Default::default()
+    };
+    let model = Gpt2::from_dir_options(&dir, &options)
         .with_context(|| format!("loading {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let ids = tokenizer.encode(&args.prompt)?;

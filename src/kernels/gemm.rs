@@ -158,10 +158,10 @@ fn product_of<E: Element>(
         if let Some(w) = b.as_slice() {
             #[cfg(target_arch = "x86_64")]
             if level == Simd::Avx512 {
-                let kernel = |p: &[f32], g, k, ks, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
+                let kernel = |p: &[f32], k, ks, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
                     // SAFETY: the level is `Avx512` only on a CPU that was
                     // detected to have AVX-512 F (see `simd::level`).
-                    unsafe { band_tiles_8x32(p, g, k, ks, w, ldw, strips, t) }
+                    unsafe { band_tiles_8x32(p, k, ks, w, ldw, strips, t) }
                 };
                 return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel);
             }
@@ -383,7 +383,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
-    kernel: impl Fn(&[f32], usize, usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
+    kernel: impl Fn(&[f32], usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
 ) {
     let (m, k) = a.dim();
     debug_assert_eq!(w.len(), k * n);
@@ -403,7 +403,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
         let strips = width / C;
         let mut tiles = vec![[0.0f32; C]; groups * strips * R];
         match E::slice_f32(w) {
-            Some(w) => kernel(&panels, groups, k, 0..k, &w[j0..], n, strips, &mut tiles),
+            Some(w) => kernel(&panels, k, 0..k, &w[j0..], n, strips, &mut tiles),
             None => {
                 // Half weights: widen HALF_DEPTH rows of the band's tile
                 // columns at a time into a block that stays in the L1 cache,
@@ -417,7 +417,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
                         widen(&w[(k0 + l) * n + j0..][..tiled], out);
                     }
                     let ks = k0..k0 + depth;
-                    kernel(&panels, groups, k, ks, &block, tiled, strips, &mut tiles);
+                    kernel(&panels, k, ks, &block, tiled, strips, &mut tiles);
                 }
             }
         }
@@ -451,12 +451,13 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
 }
 
 simd_targets! {
-    /// The loop of [`few_rows`] over one band: `tiles[(g·strips + s)·6 + i]`
+    /// The loop of [`few_rows`] over one band, for the rows `ks` of the
+    /// weights (`w` starts at row `ks.start`; the panels hold all `k`):
+    /// `tiles[(g·strips + s)·6 + i]`
     /// receives `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns;
     /// `w` starts at the band's first column, `ldw` apart per row).
     fn band_tiles(
         panels: &[f32],
-        groups: usize,
         k: usize,
         ks: Range<usize>,
         w: &[f32],
@@ -464,6 +465,7 @@ simd_targets! {
         strips: usize,
         tiles: &mut [[f32; TILE_COLS]],
     ) {
+        let groups = panels.len() / (k * TILE_ROWS);
         for k0 in ks.clone().step_by(TILE_DEPTH) {
             let depth = TILE_DEPTH.min(ks.end - k0);
             for s in 0..strips {
@@ -507,10 +509,8 @@ fn tile_steps(steps: &[f32], w: &[f32], ldw: usize, tile: &mut [[f32; TILE_COLS]
 /// result has the same bits as the AVX2 and NEON versions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 fn band_tiles_8x32(
     panels: &[f32],
-    groups: usize,
     k: usize,
     ks: Range<usize>,
     w: &[f32],
@@ -521,6 +521,7 @@ fn band_tiles_8x32(
     use std::arch::x86_64::_mm512_storeu_ps;
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     const R: usize = 8;
+    let groups = panels.len() / (k * R);
     for k0 in ks.clone().step_by(TILE_DEPTH) {
         let depth = TILE_DEPTH.min(ks.end - k0);
         for s in 0..strips {
