@@ -49,9 +49,10 @@ struct Args {
     /// `target/bench-rust-batched.json` unless --json says where.
     #[arg(long)]
     batched_decoding_only: bool,
-    /// Run one case only: first-logits, prefill, decode, batch, or
-    /// decode-profile (where a decoding step's time goes, against the read
-    /// bandwidth of the weights where they lie); no peak-memory probe.
+    /// Run only these cases, comma-separated: first-logits, prefill, decode,
+    /// batch, decode-profile (where a decoding step's time goes, against the
+    /// read bandwidth of the weights where they lie), memory (the peak-memory
+    /// probe).
     #[arg(long)]
     case: Option<String>,
     /// The dtypes to keep the weights in, each its own run on the same random
@@ -153,16 +154,17 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("JSON written to {}", path.display());
         return Ok(());
     }
-    const CASES: [&str; 5] = [
+    const CASES: [&str; 6] = [
         "first-logits",
         "prefill",
         "decode",
         "batch",
         "decode-profile",
+        "memory",
     ];
-    if let Some(case) = &args.case {
+    for case in args.case.iter().flat_map(|c| c.split(',')) {
         anyhow::ensure!(
-            CASES.contains(&case.as_str()),
+            CASES.contains(&case),
             "no case {case:?}: the cases are {}",
             CASES.join(", ")
         );
@@ -193,7 +195,11 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     }
     bar.set_message("peak memory");
     let mut rss_by_dtype = serde_json::Map::new();
-    if args.case.is_none() {
+    if args
+        .case
+        .as_ref()
+        .is_none_or(|c| c.split(',').any(|c| c == "memory"))
+    {
         for &dtype in &args.dtypes {
             rss_by_dtype.insert(
                 dtype.to_string(),
@@ -235,7 +241,7 @@ fn measure(
     case: Option<&str>,
     bar: &ProgressBar,
 ) -> Result<Value> {
-    let want = |name: &str| case.is_none_or(|c| c == name);
+    let want = |name: &str| case.is_none_or(|c| c.split(',').any(|c| c == name));
     let step = |what: &str| bar.set_message(format!("{threads} thread(s): {what}"));
     // The machine is measured before and after the model, and its limit is
     // the better of the two readings: on a shared machine a limit read at a

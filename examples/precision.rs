@@ -1,7 +1,8 @@
 //! The error budget of half-precision weights: a model against its `f16` and
 //! `bf16` twins (`Gpt2::to_dtype`) on the same tokens — how far the logits
-//! move, how often the most likely next token stays the same, how long a
-//! greedy continuation stays identical, and the perplexity.
+//! move, how often the most likely next token stays the same, how long
+//! greedy continuations (4 prompts of 16 tokens, 64 new tokens each) stay
+//! identical, and the perplexity.
 //!
 //! ```text
 //! cargo run --release --example precision -- --model golden/model --ids golden/reference/perplexity.json
@@ -22,7 +23,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use gpt2_ndarray::generate::Rng;
 use gpt2_ndarray::perplexity::perplexity;
-use gpt2_ndarray::precision::{common_prefix, compare_logits, greedy_continuation};
+use gpt2_ndarray::precision::{compare_logits, greedy_agreement};
 use gpt2_ndarray::{Dtype, Gpt2};
 use serde_json::{json, Value};
 
@@ -42,9 +43,12 @@ struct Args {
     /// Tokens of the greedy continuation.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Tokens of the prompt of the greedy continuation (the first of the ids).
+    /// Tokens of each prompt of the greedy continuations (taken from the ids).
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
+    /// Prompts of the greedy continuations, at evenly spaced offsets of the ids.
+    #[arg(long, default_value_t = 4)]
+    prompts: usize,
     /// Write the figures as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -98,7 +102,6 @@ fn try_main() -> Result<()> {
         "need more than --prompt-tokens ids"
     );
     let window = &ids[..ids.len().min(model.config.n_positions)];
-    let prompt = &ids[..args.prompt_tokens];
     let new_tokens = args
         .new_tokens
         .min(model.config.n_positions - args.prompt_tokens);
@@ -106,7 +109,6 @@ fn try_main() -> Result<()> {
 
     let reference = model.to_dtype(Dtype::F32);
     let logits = reference.forward(window)?;
-    let greedy = greedy_continuation(&reference, prompt, new_tokens)?;
     let ppl = perplexity(&reference, &ids, stride, |_, _| {})?;
     println!(
         "{name} (stored as {stored}); {} tokens, logits over the first {}",
@@ -137,7 +139,14 @@ fn try_main() -> Result<()> {
     for dtype in [Dtype::F16, Dtype::BF16] {
         let half = model.to_dtype(dtype);
         let agreement = compare_logits(logits.view(), half.forward(window)?.view());
-        let same = common_prefix(&greedy, &greedy_continuation(&half, prompt, new_tokens)?);
+        let (same, generated) = greedy_agreement(
+            &reference,
+            &half,
+            &ids,
+            args.prompts,
+            args.prompt_tokens,
+            new_tokens,
+        )?;
         let half_ppl = perplexity(&half, &ids, stride, |_, _| {})?;
         let delta = half_ppl.perplexity() - ppl.perplexity();
         println!(
@@ -146,7 +155,7 @@ fn try_main() -> Result<()> {
             agreement.max_abs_diff,
             agreement.mean_abs_diff,
             format!("{}/{}", agreement.top1_agree, agreement.positions),
-            format!("{same}/{new_tokens}"),
+            format!("{same}/{generated}"),
             half_ppl.perplexity(),
             delta
         );
@@ -157,7 +166,7 @@ fn try_main() -> Result<()> {
             "top1_agree": agreement.top1_agree,
             "positions": agreement.positions,
             "greedy_agree": same,
-            "greedy_tokens": new_tokens,
+            "greedy_tokens": generated,
             "perplexity": half_ppl.perplexity(),
             "perplexity_f32": ppl.perplexity(),
         }));

@@ -627,7 +627,8 @@ def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
     for threads in sorted({r["threads"] for r in rust["runs"]}):
         rows, c = half_rows(rust, torch, threads)
         if rows:
-            parts += ["", f"### {threads} thread{'s' if threads > 1 else ''}", "", markdown_table(rows)]
+            parts += ["", f"### {threads} thread{'s' if threads > 1 else ''}", "",
+                      "\n".join("| " + " | ".join(row) + " |" for row in rows)]
             if threads == 2:
                 checks += c
     if checks:

@@ -110,6 +110,36 @@ pub fn greedy_continuation(model: &Gpt2, prompt: &[u32], n: usize) -> Result<Vec
     Ok(out)
 }
 
+/// Greedy continuations of `new_tokens` tokens by both models after each of
+/// `prompts` prompts of `prompt_len` tokens, taken from `ids` at evenly
+/// spaced offsets (`i · (len − prompt_len) / prompts`): returns the tokens
+/// the two continuations share before they first differ, summed over the
+/// prompts, and the tokens generated per model (`prompts · new_tokens`).
+pub fn greedy_agreement(
+    reference: &Gpt2,
+    other: &Gpt2,
+    ids: &[u32],
+    prompts: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<(usize, usize)> {
+    ensure!(
+        prompt_len > 0 && ids.len() >= prompt_len,
+        "need at least {prompt_len} ids for a prompt, have {}",
+        ids.len()
+    );
+    let mut same = 0;
+    for i in 0..prompts {
+        let start = i * (ids.len() - prompt_len) / prompts.max(1);
+        let prompt = &ids[start..start + prompt_len];
+        same += common_prefix(
+            &greedy_continuation(reference, prompt, new_tokens)?,
+            &greedy_continuation(other, prompt, new_tokens)?,
+        );
+    }
+    Ok((same, prompts * new_tokens))
+}
+
 /// How many leading tokens `a` and `b` share.
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()

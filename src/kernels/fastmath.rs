@@ -30,7 +30,7 @@ pub(crate) const LANES: usize = 16;
 /// buffer); out of line, the loop gets the full vector width. It runs once per
 /// reduction, so the call costs nothing that matters.
 #[inline(never)]
-pub(crate) fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
+fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
