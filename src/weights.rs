@@ -324,11 +324,14 @@ impl Matrix {
         if dtype == self.dtype() {
             return self.clone();
         }
+        if dtype == Dtype::F32 {
+            return Matrix::from(self.to_owned());
+        }
         let values = self.to_f32();
         let values = values.as_standard_layout();
         let values = values.as_slice().expect("standard layout");
         let bits: Vec<u16> = match dtype {
-            Dtype::F32 => return Matrix::from(self.to_owned()),
+            Dtype::F32 => unreachable!("converted above"),
             Dtype::F16 => values.iter().map(|&v| f16::from_f32(v).to_bits()).collect(),
             Dtype::BF16 => values
                 .iter()
