@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use gpt2_ndarray::inspect::{architecture, parameter_table};
-use gpt2_ndarray::Gpt2;
 
 /// Print the module tree of a GPT-2 and where its parameters are.
 #[derive(Parser)]
@@ -21,6 +20,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
 }
 
 fn main() -> ExitCode {
@@ -33,7 +38,7 @@ fn try_main() -> Result<()> {
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let model = Gpt2::from_dir(&dir)?;
+    let model = common::load_weights(&dir, args.dtype)?;
     println!("model: {}\n", common::shown(&dir));
     println!("{}\n", architecture(&model));
     print!("{}", parameter_table(&model));

@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use gpt2_ndarray::generate::{generate, generate_batch, GenerateOptions, Rng};
+use gpt2_ndarray::kernels::conv1d;
 use gpt2_ndarray::kernels::fastmath::sum_lanes;
 use gpt2_ndarray::kernels::gemm::{kernel_paths, matmul_into, Output};
-use gpt2_ndarray::kernels::{conv1d, matmul};
-use gpt2_ndarray::{Config, Gpt2, Tokenizer};
+use gpt2_ndarray::weights::Stored;
+use gpt2_ndarray::{Config, Dtype, Gpt2, Tokenizer};
+use half::slice::HalfFloatSliceExt;
 use indicatif::ProgressBar;
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -47,11 +49,17 @@ struct Args {
     /// `target/bench-rust-batched.json` unless --json says where.
     #[arg(long)]
     batched_decoding_only: bool,
-    /// Run one case only: first-logits, prefill, decode, batch, or
-    /// decode-profile (where a decoding step's time goes, against the read
-    /// bandwidth of the weights where they lie); no peak-memory probe.
+    /// Run only these cases, comma-separated: first-logits, prefill, decode,
+    /// batch, decode-profile (where a decoding step's time goes, against the
+    /// read bandwidth of the weights where they lie), memory (the peak-memory
+    /// probe).
     #[arg(long)]
     case: Option<String>,
+    /// The dtypes to keep the weights in, each its own run on the same random
+    /// model (converted once, before measuring, and written as its own
+    /// safetensors file, so that it loads as stored).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Dtype::F32, Dtype::F16, Dtype::BF16])]
+    dtypes: Vec<Dtype>,
     /// Internal: measure peak memory of load + T=1024 prefill + 128 tokens in this process.
     #[arg(long, hide = true)]
     rss_probe: Option<PathBuf>,
@@ -88,10 +96,32 @@ fn try_main() -> Result<()> {
         "writing a random GPT-2 small (124M parameters, f32) to {}",
         dir.display()
     );
-    write_random_gpt2(&dir)?;
-    let result = run(&args, &dir);
+    common::write_random_gpt2(&dir)?;
+    let result = write_converted(&dir, &args.dtypes).and_then(|()| run(&args, &dir));
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Where the random model is stored as `dtype`: `dir` itself for f32, else a
+/// subdirectory `dtype/` that [`write_converted`] fills.
+fn dir_of(dir: &Path, dtype: Dtype) -> PathBuf {
+    match dtype {
+        Dtype::F32 => dir.to_path_buf(),
+        other => dir.join(other.to_string()),
+    }
+}
+
+/// The random model of `dir` converted to each half dtype of `dtypes`
+/// (`Gpt2::save_safetensors`), with its config.
+fn write_converted(dir: &Path, dtypes: &[Dtype]) -> Result<()> {
+    let model = Gpt2::from_dir(dir)?;
+    for &dtype in dtypes.iter().filter(|&&d| d != Dtype::F32) {
+        let out = dir_of(dir, dtype);
+        std::fs::create_dir_all(&out)?;
+        std::fs::copy(dir.join("config.json"), out.join("config.json"))?;
+        model.save_safetensors(&out.join("model.safetensors"), dtype)?;
+    }
+    Ok(())
 }
 
 fn run(args: &Args, dir: &Path) -> Result<()> {
@@ -124,16 +154,17 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("JSON written to {}", path.display());
         return Ok(());
     }
-    const CASES: [&str; 5] = [
+    const CASES: [&str; 6] = [
         "first-logits",
         "prefill",
         "decode",
         "batch",
         "decode-profile",
+        "memory",
     ];
-    if let Some(case) = &args.case {
+    for case in args.case.iter().flat_map(|c| c.split(',')) {
         anyhow::ensure!(
-            CASES.contains(&case.as_str()),
+            CASES.contains(&case),
             "no case {case:?}: the cases are {}",
             CASES.join(", ")
         );
@@ -145,20 +176,41 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     eprintln!("kernels: {paths:?}");
     let mut runs = Vec::new();
     // Drawn between measurements only (no ticking thread to disturb them).
-    let bar = common::progress((args.threads.len() * STEPS + 1) as u64, false);
+    let bar = common::progress(
+        (args.threads.len() * args.dtypes.len() * STEPS + 1) as u64,
+        false,
+    );
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        bar.suspend(|| eprintln!("measuring with {threads} thread(s)..."));
-        let case = args.case.as_deref();
-        runs.push(pool.install(|| measure(dir, &tokenizer, threads, reps, case, &bar))?);
+        // The dtypes back to back at each thread count: their ratios are
+        // measured minutes apart, not a whole run apart.
+        for &dtype in &args.dtypes {
+            bar.suspend(|| eprintln!("measuring {dtype} with {threads} thread(s)..."));
+            let case = args.case.as_deref();
+            let d = dir_of(dir, dtype);
+            runs.push(pool.install(|| measure(&d, dtype, &tokenizer, threads, reps, case, &bar))?);
+        }
     }
     bar.set_message("peak memory");
-    let rss = match args.case {
-        None => peak_rss_of_probe(dir)?,
-        Some(_) => 0.0,
-    };
+    let mut rss_by_dtype = serde_json::Map::new();
+    if args
+        .case
+        .as_ref()
+        .is_none_or(|c| c.split(',').any(|c| c == "memory"))
+    {
+        for &dtype in &args.dtypes {
+            rss_by_dtype.insert(
+                dtype.to_string(),
+                json!(peak_rss_of_probe(&dir_of(dir, dtype))?),
+            );
+        }
+    }
+    let rss = rss_by_dtype
+        .get("f32")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     bar.finish_and_clear();
     let report = json!({
         "model": "gpt2 (124M, random weights, f32, safetensors)",
@@ -166,6 +218,7 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         "kernels": paths,
         "runs": runs,
         "peak_rss_mb": rss,
+        "peak_rss_mb_by_dtype": rss_by_dtype,
     });
     print_table(&report);
     if let Some(parent) = args.json.parent() {
@@ -176,16 +229,19 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Everything at one thread count.
+/// Everything at one thread count, with the weights kept as `dtype` (the
+/// model stored so in `dir`).
+#[allow(clippy::too_many_arguments)]
 fn measure(
     dir: &Path,
+    dtype: Dtype,
     tokenizer: &Tokenizer,
     threads: usize,
     reps: usize,
     case: Option<&str>,
     bar: &ProgressBar,
 ) -> Result<Value> {
-    let want = |name: &str| case.is_none_or(|c| c == name);
+    let want = |name: &str| case.is_none_or(|c| c.split(',').any(|c| c == name));
     let step = |what: &str| bar.set_message(format!("{threads} thread(s): {what}"));
     // The machine is measured before and after the model, and its limit is
     // the better of the two readings: on a shared machine a limit read at a
@@ -201,6 +257,11 @@ fn measure(
     });
     bar.inc(1);
     let model = Gpt2::from_dir(dir)?;
+    anyhow::ensure!(
+        model.dtype() == Some(dtype),
+        "{} holds no {dtype} model",
+        dir.display()
+    );
     let cfg = model.config.clone();
     let mut rng = Rng::new(1);
     let mut ids = |n: usize| {
@@ -252,9 +313,10 @@ fn measure(
     bar.inc(1);
 
     step("batched decoding");
+    // Batched decoding: f32 only.
     let batched = match case {
-        None => batched_decoding(&model, tokenizer, reps)?,
-        Some(_) => Value::Null,
+        None if dtype == Dtype::F32 => batched_decoding(&model, tokenizer, reps)?,
+        _ => Value::Null,
     };
     bar.inc(1);
 
@@ -270,7 +332,9 @@ fn measure(
     bar.inc(1);
     let bandwidth = machine_before.0.max(machine_after.0);
     let gflops = machine_before.1.max(machine_after.1);
-    let bytes_per_token = (cfg.num_parameters() * 4) as f64;
+    // Bytes a decoding step reads: the weights as stored (the matrices in
+    // their dtype, the few vectors as f32).
+    let bytes_per_token = model.weight_bytes() as f64;
     let limit_tok_s = bandwidth * 1e9 / bytes_per_token;
     let mut prefill = serde_json::Map::new();
     for (t, secs) in prefill_secs {
@@ -283,6 +347,8 @@ fn measure(
 
     Ok(json!({
         "threads": threads,
+        "dtype": dtype.to_string(),
+        "weight_bytes": model.weight_bytes(),
         "machine": {
             "read_bandwidth_gbs": bandwidth, "matmul_gflops": gflops,
             "readings": {"before": [machine_before.0, machine_before.1], "after": [machine_after.0, machine_after.1]},
@@ -345,6 +411,9 @@ fn print_batched(report: &Value) {
     );
     for run in report["runs"].as_array().into_iter().flatten() {
         let cases = &run["batched_decoding"];
+        if cases.is_null() {
+            continue;
+        }
         let single = cases["1"]["tokens_per_second"].as_f64().unwrap_or(f64::NAN);
         println!("\n{} thread(s)", run["threads"]);
         println!("  {:<10} {:>12} {:>14}", "batch", "tok/s", "vs B=1");
@@ -415,7 +484,7 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     ];
     let mut out = serde_json::Map::new();
     let mut bytes = 0usize;
-    let mut all_weights: Vec<&[f32]> = Vec::new();
+    let mut all_weights: Vec<Stored<'_>> = Vec::new();
     let mut gemv_total = 0.0;
     for (name, layer) in kinds {
         let input = if name == "mlp.c_proj" { &hidden } else { &x };
@@ -425,26 +494,24 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
             }
         });
         for block in &model.h {
-            let w = layer(block).weight.view();
-            bytes += w.len() * 4;
-            all_weights.push(w.to_slice().expect("row-major weights"));
+            let w = &layer(block).weight;
+            bytes += w.stored_bytes();
+            all_weights.push(w.stored());
         }
         gemv_total += ms(d);
         out.insert(format!("gemv_{name}_ms"), json!(ms(d)));
     }
-    let head = model.wte.view();
-    bytes += head.len() * 4;
-    all_weights.push(head.to_slice().expect("row-major wte"));
+    bytes += model.wte.stored_bytes();
+    all_weights.push(model.wte.stored());
     let d = best_of(reps, || {
-        std::hint::black_box(matmul(x.view(), head.t()));
+        std::hint::black_box(model.head(x.view()));
     });
     gemv_total += ms(d);
     out.insert("gemv_head_ms".into(), json!(ms(d)));
     out.insert("gemv_total_ms".into(), json!(gemv_total));
     let read = best_of(reps, || {
         for w in &all_weights {
-            let s: f32 = w.par_chunks(1 << 16).map(sum_lanes).sum();
-            std::hint::black_box(s);
+            std::hint::black_box(read_all(*w));
         }
     });
     out.insert("read_weights_ms".into(), json!(ms(read)));
@@ -476,6 +543,26 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     out.insert("step_ms".into(), json!(step_ms));
     out.insert("rest_ms".into(), json!(step_ms - gemv_total));
     Value::Object(out)
+}
+
+/// Read every value of a weight where it lies, in parallel (`f32`s summed as
+/// the bandwidth measurement sums them, halves' bits summed as integers).
+fn read_all(w: Stored<'_>) -> f32 {
+    let bits = |h: &[u16]| -> f32 {
+        h.par_chunks(1 << 17)
+            .map(|c| c.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b))) as f32)
+            .sum()
+    };
+    match w {
+        Stored::F32(w) => w
+            .as_slice()
+            .expect("row-major")
+            .par_chunks(1 << 16)
+            .map(sum_lanes)
+            .sum(),
+        Stored::F16(w) => bits(w.as_slice().expect("row-major").reinterpret_cast()),
+        Stored::BF16(w) => bits(w.as_slice().expect("row-major").reinterpret_cast()),
+    }
 }
 
 /// Read bandwidth: sum 1 GiB of f32 (far larger than the caches), split over
@@ -549,72 +636,6 @@ fn rss_probe(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// GPT-2 small's config and random weights (normal-ish, std 0.02; LayerNorm
-/// gains near 1), saved as `config.json` + `model.safetensors` in the layout
-/// of the hub's files (no `transformer.` prefix, no `lm_head`).
-fn write_random_gpt2(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let config = Config::gpt2();
-    std::fs::write(
-        dir.join("config.json"),
-        json!({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024,
-               "n_embd": 768, "n_layer": 12, "n_head": 12, "activation_function": "gelu_new",
-               "layer_norm_epsilon": 1e-5})
-        .to_string(),
-    )?;
-    let (e, f) = (config.n_embd, config.n_inner);
-    let mut shapes: Vec<(String, Vec<usize>, f32, f32)> = vec![
-        ("wte.weight".into(), vec![config.vocab_size, e], 0.0, 0.02),
-        ("wpe.weight".into(), vec![config.n_positions, e], 0.0, 0.01),
-        ("ln_f.weight".into(), vec![e], 1.0, 0.1),
-        ("ln_f.bias".into(), vec![e], 0.0, 0.1),
-    ];
-    for i in 0..config.n_layer {
-        for (name, shape, mean, std) in [
-            ("ln_1.weight", vec![e], 1.0, 0.1),
-            ("ln_1.bias", vec![e], 0.0, 0.1),
-            ("attn.c_attn.weight", vec![e, 3 * e], 0.0, 0.02),
-            ("attn.c_attn.bias", vec![3 * e], 0.0, 0.02),
-            ("attn.c_proj.weight", vec![e, e], 0.0, 0.02),
-            ("attn.c_proj.bias", vec![e], 0.0, 0.02),
-            ("ln_2.weight", vec![e], 1.0, 0.1),
-            ("ln_2.bias", vec![e], 0.0, 0.1),
-            ("mlp.c_fc.weight", vec![e, f], 0.0, 0.02),
-            ("mlp.c_fc.bias", vec![f], 0.0, 0.02),
-            ("mlp.c_proj.weight", vec![f, e], 0.0, 0.02),
-            ("mlp.c_proj.bias", vec![e], 0.0, 0.02),
-        ] {
-            shapes.push((format!("h.{i}.{name}"), shape, mean, std));
-        }
-    }
-    let mut rng = Rng::new(2024);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
-        .into_iter()
-        .map(|(name, shape, mean, std)| {
-            let n: usize = shape.iter().product();
-            let data = (0..n)
-                .flat_map(|_| {
-                    // Sum of 4 uniforms: close enough to a normal for a benchmark.
-                    let u: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
-                    (mean + std * (u * 1.732) as f32).to_le_bytes()
-                })
-                .collect();
-            (name, shape, data)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .expect("consistent tensor");
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
-    Ok(())
-}
-
 fn print_table(report: &Value) {
     println!(
         "\nGPT-2 small (124M, f32), random weights, on {}",
@@ -627,8 +648,9 @@ fn print_table(report: &Value) {
     for run in report["runs"].as_array().into_iter().flatten() {
         let m = &run["machine"];
         println!(
-            "\n{} thread(s) — machine: read {:.1} GB/s, matmul {:.1} GFLOP/s",
+            "\n{} thread(s), {} weights — machine: read {:.1} GB/s, matmul {:.1} GFLOP/s",
             run["threads"],
+            run["dtype"].as_str().unwrap_or("f32"),
             m["read_bandwidth_gbs"].as_f64().unwrap_or(0.0),
             m["matmul_gflops"].as_f64().unwrap_or(0.0)
         );
@@ -669,9 +691,15 @@ fn print_table(report: &Value) {
             b["fraction_of_matmul_rate"].as_f64().unwrap_or(0.0) * 100.0
         );
     }
-    println!(
-        "\npeak resident memory (load + T=1024 prefill + 128 tokens, 2 threads default): {:.0} MB",
-        report["peak_rss_mb"].as_f64().unwrap_or(0.0)
-    );
+    for (dtype, mb) in report["peak_rss_mb_by_dtype"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "\npeak resident memory, {dtype} (load + T=1024 prefill + 128 tokens, 2 threads default): {:.0} MB",
+            mb.as_f64().unwrap_or(0.0)
+        );
+    }
     print_batched(report);
 }

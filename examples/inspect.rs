@@ -24,6 +24,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
     /// How many predictions of the logit lens to show per layer.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
@@ -41,7 +47,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     let args = Args::parse();
-    let (dir, model, tokenizer) = common::load_model(args.model)?;
+    let (dir, model, tokenizer) = common::load_model(args.model, args.dtype)?;
     let ids = tokenizer.encode(&args.prompt)?;
     let seen = inspect(&model, &tokenizer, &ids, args.top_k)?;
 

@@ -23,6 +23,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
     /// How many candidates to show.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -38,7 +44,7 @@ fn main() -> ExitCode {
 fn try_main() -> Result<()> {
     let args = Args::parse();
     let start = Instant::now();
-    let (dir, model, tokenizer) = common::load_model(args.model)?;
+    let (dir, model, tokenizer) = common::load_model(args.model, args.dtype)?;
     let loaded = start.elapsed();
 
     let ids = tokenizer.encode(&args.prompt)?;

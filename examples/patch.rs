@@ -25,6 +25,10 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them).
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
     /// The clean prompt.
     #[arg(long)]
     clean: String,
@@ -51,7 +55,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     let args = Args::parse();
-    let (dir, model, tokenizer) = common::load_model(args.model)?;
+    let (dir, model, tokenizer) = common::load_model(args.model, args.dtype)?;
     let clean = tokenizer.encode(&args.clean)?;
     let corrupt = tokenizer.encode(&args.corrupt)?;
     let answer = single_token(&tokenizer, &args.answer).context("--answer")?;

@@ -26,6 +26,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
     /// Tokens between window starts (default: n_positions, non-overlapping windows).
     #[arg(long)]
     stride: Option<usize>,
@@ -40,7 +46,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<()> {
     let args = Args::parse();
-    let (dir, model, tokenizer) = common::load_model(args.model)?;
+    let (dir, model, tokenizer) = common::load_model(args.model, args.dtype)?;
     let mut ids: Vec<u32> = match (&args.file, &args.ids) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)

@@ -23,6 +23,12 @@ struct Args {
     /// A Hugging Face GPT-2 directory (default: the bundled models/kjv-gpt2).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the weight matrices as f32, f16 or bf16, converted once at load
+    /// (default: as the checkpoint stores them). Half precision: half the
+    /// memory, about twice the decoding speed, logits within the error budget
+    /// of docs/half-precision.md.
+    #[arg(long)]
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
     /// The activation to print, by its trace name (`embed`, `h.0.ln_1`,
     /// `h.0.attn.probs`, `h.3`, `ln_f`, `logits`, ...).
     #[arg(long, default_value = "h.0.attn.probs")]
@@ -37,7 +43,12 @@ fn main() -> Result<()> {
     let dir = args
         .model
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/kjv-gpt2"));
-    let model = Gpt2::from_dir(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let options = gpt2_ndarray::LoadOptions {
+        dtype: args.dtype,
+        ..Default::default()
+    };
+    let model = Gpt2::from_dir_options(&dir, &options)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let ids = tokenizer.encode(&args.prompt)?;
     if ids.is_empty() || ids.len() > model.config.n_positions {

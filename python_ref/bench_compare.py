@@ -6,8 +6,11 @@ back, or with `--no-run` only reads the JSON they wrote (same schema), and:
 * prints, per thread count, each case's figure on both sides and the ratio;
 * checks the performance targets (at 2 threads unless said otherwise) and
   prints PASS/FAIL for each;
-* writes `docs/bench.md` (tables, targets, date, CPU, versions) and
-  `docs/bench.png` (the ratios as a bar chart).
+* writes its sections of `docs/bench.md` (tables, targets, date, CPU,
+  versions; the half-precision weights) between their markers
+  (`<!-- bench_compare:begin -->`, `<!-- half-precision:begin -->`, ...),
+  leaving hand-written sections as they are, and `docs/bench.png` (the
+  ratios as a bar chart).
 
 Usage, from anywhere in the repository:
 
@@ -255,7 +258,7 @@ def run_benches(args) -> None:
                            "--threads", args.threads, "--json", str(path)]
             else:
                 command = [sys.executable, "python_ref/bench_torch.py",
-                           "--threads", args.threads, "--json", str(path)]
+                           "--threads", args.threads, "--json", str(path), "--half"]
             if args.quick:
                 command.append("--quick")
             print(f"$ [round {k + 1}/{args.rounds}]", " ".join(command), file=sys.stderr, flush=True)
@@ -275,7 +278,8 @@ def merge_rounds(reports: list[dict]) -> dict:
     merged = json.loads(json.dumps(reports[0]))
     merged["rounds"] = len(reports)
     for run in merged["runs"]:
-        same = [r for rep in reports for r in rep["runs"] if r["threads"] == run["threads"]]
+        same = [r for rep in reports for r in rep["runs"]
+                if r["threads"] == run["threads"] and r.get("dtype", "f32") == run.get("dtype", "f32")]
         machine = run["machine"]
         machine["read_bandwidth_gbs"] = max(r["machine"]["read_bandwidth_gbs"] for r in same)
         machine["matmul_gflops"] = max(r["machine"]["matmul_gflops"] for r in same)
@@ -306,6 +310,16 @@ def merge_rounds(reports: list[dict]) -> dict:
             b["fraction_of_matmul_rate"] = b["gflop"] / b["seconds"] / machine["matmul_gflops"]
         run["batched_prefill"] = b
     merged["peak_rss_mb"] = max(rep["peak_rss_mb"] for rep in reports)
+    for dtype in merged.get("peak_rss_mb_by_dtype", {}):
+        merged["peak_rss_mb_by_dtype"][dtype] = max(
+            rep.get("peak_rss_mb_by_dtype", {}).get(dtype, 0.0) for rep in reports)
+    if "half" in merged:  # transformers' half-precision cases: the best of the rounds
+        for threads, by_dtype in merged["half"].items():
+            for dtype, case in by_dtype.items():
+                same = [rep["half"][threads][dtype] for rep in reports]
+                case["decode_tokens_per_second"] = max(c["decode_tokens_per_second"] for c in same)
+                for key in ("prefill_128_ms", "prefill_1024_ms", "time_to_first_logits_ms"):
+                    case[key] = min(c[key] for c in same)
     return merged
 
 
@@ -496,8 +510,134 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         f"![Rust time ÷ transformers time per case]({png.name})",
         "",
     ]
+    replace_section(path, "bench_compare", "\n".join(parts))
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Put `text` between the markers `<!-- {name}:begin -->` and
+    `<!-- {name}:end -->` of the file, leaving everything else (hand-written
+    sections) as it is; append the marked section when the file has none."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + section + rest.split(end, 1)[1]
+    else:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    path.write_text(new)
+
+
+# --- half-precision weights ---------------------------------------------------
+
+HALF = ("f16", "bf16")
+
+
+def half_rows(rust: dict, torch: dict, threads: int) -> tuple[list[list[str]], list[Target]]:
+    """The f32, f16 and bf16 runs of the Rust bench at one thread count (same
+    random model, converted), beside transformers' best for those dtypes;
+    and the targets of half-precision weights."""
+    runs = {r.get("dtype", "f32"): r for r in rust.get("half_runs", []) + rust["runs"]
+            if r["threads"] == threads}
+    f32 = runs.get("f32")
+    if f32 is None or not any(d in runs for d in HALF):
+        return [], []
+    th = torch.get("half", {}).get(str(threads), {})
+    rss = rust.get("peak_rss_mb_by_dtype", {})
+
+    def decode(r):
+        return r["decode"]["tokens_per_second"]
+
+    def frac(r):
+        return r["decode"]["fraction_of_bandwidth_limit"]
+
+    def prefill(r, t):
+        return r["prefill"][str(t)]["seconds"] * 1e3
+
+    def ttfl(r):
+        return r["time_to_first_logits_ms"]
+
+    cases = [
+        ("decode (tok/s)", decode, "decode_tokens_per_second", "{:.1f}"),
+        ("decode, fraction of read bandwidth (bytes read)", frac, None, "{:.2f}"),
+        ("prefill T=128 (ms)", lambda r: prefill(r, 128), "prefill_128_ms", "{:.1f}"),
+        ("prefill T=1024 (ms)", lambda r: prefill(r, 1024), "prefill_1024_ms", "{:.1f}"),
+        ("time to first logits (ms)", ttfl, "time_to_first_logits_ms", "{:.1f}"),
+    ]
+    header = ["case", "Rust f32"]
+    for d in HALF:
+        if d in runs:
+            header += [f"Rust {d}", f"{d} ÷ f32"]
+    for d in HALF:
+        if d in th:
+            header += [f"transformers {d}"]
+    rows = [header, ["---"] + ["---:"] * (len(header) - 1)]
+    for label, read, torch_key, form in cases:
+        row = [label, form.format(read(f32))]
+        for d in HALF:
+            if d in runs:
+                row += [form.format(read(runs[d])), f"{read(runs[d]) / read(f32):.2f}"]
+        for d in HALF:
+            if d in th:
+                value = th[d].get(torch_key) if torch_key else None
+                row += ["—" if value is None else form.format(value)
+                        + (f" ({th[d]['variant']})" if label.startswith("decode (") else "")]
+        rows.append(row)
+    if "f32" in rss:
+        row = ["peak memory (MB)", f"{rss['f32']:.0f}"]
+        for d in HALF:
+            if d in runs:
+                row += [f"{rss.get(d, float('nan')):.0f}", f"{rss.get(d, float('nan')) / rss['f32']:.2f}"]
+        for d in HALF:
+            if d in th:
+                row += ["—"]
+        rows.append(row)
+
+    checks = []
+    for d in HALF:
+        if d not in runs:
+            continue
+        r = runs[d]
+        ratio = decode(r) / decode(f32)
+        checks.append(Target(f"{d}: decode ≥ 1.7× f32 ({threads} threads)", f"{ratio:.2f}×", ratio >= 1.7))
+        checks.append(Target(f"{d}: decode ≥ 0.85 of read bandwidth, bytes actually read",
+                             f"{frac(r):.2f}", frac(r) >= 0.85))
+        for t in (128, 1024):
+            ratio = prefill(r, t) / prefill(f32, t)
+            checks.append(Target(f"{d}: prefill T={t} ≤ 1.10× f32", f"{ratio:.2f}×", ratio <= 1.10))
+        if d in rss and "f32" in rss:
+            ratio = rss[d] / rss["f32"]
+            checks.append(Target(f"{d}: peak memory ≤ 0.55× f32", f"{ratio:.2f}×", ratio <= 0.55))
+        checks.append(Target(f"{d}: time to first logits no worse than f32",
+                             f"{ttfl(r):.1f} vs {ttfl(f32):.1f} ms", ttfl(r) <= ttfl(f32) * 1.05))
+    return rows, checks
+
+
+def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
+    """The half-precision section of docs/bench.md (its own markers)."""
+    parts = ["## Half-precision weights (f16, bf16)", "",
+             "The same random GPT-2 small, converted once (`Gpt2::save_safetensors`) and loaded as"
+             " stored; every dtype measured back to back at each thread count by `examples/bench.rs`."
+             " The fraction of read bandwidth counts the bytes a decoding step actually reads (the"
+             " matrices in their dtype). transformers: `GPT2LMHeadModel` loaded with"
+             " `dtype=torch.float16` / `torch.bfloat16`, the fastest of its attention and head"
+             " variants (`python_ref/bench_torch.py --half`)."]
+    checks = []
+    for threads in sorted({r["threads"] for r in rust["runs"]}):
+        rows, c = half_rows(rust, torch, threads)
+        if rows:
+            parts += ["", f"### {threads} thread{'s' if threads > 1 else ''}", "",
+                      "\n".join("| " + " | ".join(row) + " |" for row in rows)]
+            if threads == 2:
+                checks += c
+    if checks:
+        parts += ["", "| target (2 threads) | measured | result |", "|---|---:|---|",
+                  *[f"| {c.description} | {c.measured} | {'PASS' if c.ok else '**FAIL**'} |"
+                    for c in checks]]
+    if len(parts) > 3:
+        replace_section(path, "half-precision", "\n".join(parts))
+    return checks
 
 
 def floor_section(rust: dict, torch: dict) -> list[str]:
@@ -584,10 +724,17 @@ def main() -> int:
         run_benches(args)
     rust = json.loads(args.rust_json.read_text())
     torch = json.loads(args.torch_json.read_text())
+    # The f32 runs make the main tables; the half-precision ones their own section.
+    rust["half_runs"] = [r for r in rust["runs"] if r.get("dtype", "f32") != "f32"]
+    rust["runs"] = [r for r in rust["runs"] if r.get("dtype", "f32") == "f32"]
 
     checks = targets(rust, torch)
     print_report(rust, torch, checks)
     write_markdown(args.md, rust, torch, checks, args.png)
+    half_checks = write_half_section(args.md, rust, torch)
+    for c in half_checks:
+        print(f"  {'PASS' if c.ok else 'FAIL'}  {c.description}: {c.measured}")
+    checks += half_checks
     write_chart(args.png, rust, torch)
     print(f"\nwrote {args.md} and {args.png}", file=sys.stderr)
     return 1 if args.strict and any(c.ok is False for c in checks) else 0

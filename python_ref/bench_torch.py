@@ -132,11 +132,67 @@ def write_random_gpt2(directory: Path) -> GPT2Config:
     return config
 
 
-def load(directory: Path, attention: str) -> GPT2LMHeadModel:
-    model = GPT2LMHeadModel.from_pretrained(
-        directory, attn_implementation=attention, dtype=torch.float32
-    )
+def load(directory: Path, attention: str, dtype: torch.dtype = torch.float32) -> GPT2LMHeadModel:
+    model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation=attention, dtype=dtype)
     return model.eval()
+
+
+HALF_DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def measure_half(directory: Path, reps: int) -> dict:
+    """transformers with half-precision weights (the f32 checkpoint loaded
+    with `dtype=torch.float16` / `torch.bfloat16`: torch computes in that
+    dtype on the CPU), in its best configuration: the fastest of both
+    attention implementations and both heads, for the cases the half-precision
+    targets compare (decode, prefill T=128 and T=1024, first logits)."""
+    out = {}
+    generator = torch.Generator().manual_seed(1)
+    prompts = {t: random_ids(generator, 1, t) for t in (128, 1024)}
+    prompt = random_ids(generator, 1, DECODE_PROMPT)
+    mask = torch.ones_like(prompt)
+    one = torch.tensor([[464]])
+    for name, dtype in HALF_DTYPES.items():
+        print(f"  {name} weights...", file=sys.stderr, flush=True)
+        cases: dict[str, dict[str, float]] = {}
+        with torch.inference_mode():
+            for attention in ATTENTION:
+                def first_logits():
+                    m = load(directory, attention, dtype)
+                    m(one, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+                cases.setdefault("ttfl", {})[attention] = best_of(reps, first_logits)
+                model = load(directory, attention, dtype)
+                for t, ids in prompts.items():
+                    for head, kwargs in HEADS.items():
+                        secs = best_of(
+                            min(reps, 2) if t >= 512 else reps,
+                            lambda: model(ids, use_cache=False, **kwargs).logits[:, -1].float(),
+                        )
+                        cases.setdefault(f"prefill {t}", {})[f"{attention}, {head}"] = secs
+
+                def decode():
+                    model.generate(prompt, attention_mask=mask, max_new_tokens=DECODE_NEW,
+                                   min_new_tokens=DECODE_NEW, do_sample=False,
+                                   pad_token_id=model.config.eos_token_id)
+
+                generate_secs = best_of(min(reps, 2), decode)
+                prompt_secs = best_of(
+                    reps, lambda: model(prompt, attention_mask=mask, use_cache=True, logits_to_keep=1))
+                cases.setdefault("decode", {})[f"{attention}, generate()"] = (
+                    (generate_secs - prompt_secs) / DECODE_NEW)
+                del model
+                gc.collect()
+        variant, per_token = fastest(cases["decode"])
+        out[name] = {
+            "decode_tokens_per_second": 1.0 / per_token,
+            "variant": variant,
+            "prefill_128_ms": fastest(cases["prefill 128"])[1] * 1e3,
+            "prefill_1024_ms": fastest(cases["prefill 1024"])[1] * 1e3,
+            "time_to_first_logits_ms": fastest(cases["ttfl"])[1] * 1e3,
+            "variants": cases,
+        }
+    return out
 
 
 def random_ids(generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -404,6 +460,11 @@ def main() -> None:
         action="store_true",
         help="only batched decoding (B = 1, 4, 8, 32); JSON to target/bench-torch-batched.json",
     )
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="also measure f16 and bf16 weights (decode, prefill T=128/1024, first logits)",
+    )
     parser.add_argument("--rss-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rss-head", default="logits_to_keep=1", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -441,9 +502,12 @@ def main() -> None:
         print(f"writing a random GPT-2 small (f32) to {directory}", file=sys.stderr)
         config = write_random_gpt2(directory)
         runs = []
+        half = {}
         for n in threads:
             print(f"measuring with {n} thread(s)...", file=sys.stderr, flush=True)
             runs.append(measure(directory, config, n, reps))
+            if args.half:
+                half[str(n)] = measure_half(directory, reps)
         rss_variant, rss, rss_variants = peak_rss_mb(directory)
 
     report = {
@@ -459,6 +523,8 @@ def main() -> None:
         "peak_rss_variant": rss_variant,
         "peak_rss_variants_mb": rss_variants,
     }
+    if half:
+        report["half"] = half
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print_table(report)

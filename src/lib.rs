@@ -95,7 +95,8 @@
 //! | (4)–(7) | [`reference::causal_self_attention`] | `attention.rs` | heads in parallel, 64-query blocks that skip the masked half, the softmax's division moved after `·v`; keys and values appended to a [`KvCache`] | `tests/kernels_vs_reference.rs` (lengths crossing 64, a cache, left padding) |
 //! | (6) | [`reference::softmax`] | `softmax.rs`, `fastmath.rs` | a vectorisable `exp`, lane-wise max and sum, compiled for AVX-512, AVX2/FMA, AVX and portable/NEON and picked at run time (`simd.rs`) | `tests/kernels_vs_reference.rs`; `exp` and the lane sums in `tests/kernels.rs` |
 //! | (9) | [`reference::activation`] | `activation.rs` | the tanh GELU as `x·σ(2u)`: one vectorisable `exp` | `tests/kernels_vs_reference.rs` |
-//! | weights | — | [`weights::Matrix`] | `f32` tensors used in place from a memory-mapped `model.safetensors` | `tests/model_golden.rs` (both formats) |
+//! | weights | — | [`weights::Matrix`] | `f32`, `f16` and `bf16` tensors used in place from a memory-mapped `model.safetensors` | `tests/model_golden.rs` (both formats), `tests/half_precision.rs` |
+//! | half weights | [`weights::Matrix::to_f32`] (the reference tier upcasts) | `convert.rs`, `half_avx512.rs`, `gemm.rs` | widened to `f32` as the kernels load them (AVX-512 `vcvtph2ps`; portable exact conversion), per vector, per 16-row block, per GEMM panel | `tests/kernels.rs` (bits of the upcast product, every level), `tests/half_precision.rs` |
 //!
 //! Each kernel also faces PyTorch directly on the single-op goldens
 //! (`tests/kernels_vs_torch.rs`). And the whole fast model equals the whole
@@ -107,7 +108,8 @@
 //! ## 3. The modules, bottom up
 //!
 //! 1. **Weights** — [`weights`]: [`weights::Matrix`] (owned, or read in place
-//!    from a memory map), [`weights::LayerNorm`], [`weights::Conv1D`].
+//!    from a memory map; `f32`, `f16` or `bf16`), [`weights::LayerNorm`],
+//!    [`weights::Conv1D`]. What half precision costs: [`precision`].
 //! 2. **Configuration** — [`Config`]: the numbers in `config.json` that shape
 //!    the model (`n_embd`, `n_head`, ...), validated.
 //! 3. **Checkpoints** — [`checkpoint`]: `model.safetensors` and
@@ -165,15 +167,17 @@ pub mod intervention;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+pub mod precision;
 pub mod reference;
 pub mod tokenizer;
 pub mod trace;
 pub mod train;
 pub mod weights;
 
+pub use checkpoint::Dtype;
 pub use config::Config;
 pub use intervention::{Intervention, Interventions};
-pub use model::{Gpt2, KvCache, Logits, SequenceStep};
+pub use model::{Gpt2, KvCache, LoadOptions, Logits, SequenceStep};
 pub use tokenizer::Tokenizer;
 pub use trace::Trace;
 

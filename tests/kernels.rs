@@ -300,3 +300,151 @@ fn lane_reductions_at_this_level() {
         assert_eq!(sum_lanes(&x).to_bits(), sum_lanes(&x).to_bits());
     }
 }
+
+// ---- half-precision weights: widened as the kernels read them ----
+
+use gpt2_ndarray::checkpoint::Dtype;
+use gpt2_ndarray::kernels::convert::widen;
+use gpt2_ndarray::kernels::matmul_weight;
+use gpt2_ndarray::weights::Matrix;
+use half::{bf16, f16};
+
+/// Whether two `f32`s are the same number: equal bits, or both NaN.
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+#[test]
+fn widening_f16_and_bf16_is_exact_for_every_bit_pattern() {
+    // The reference is the `half` crate's scalar conversion, which the
+    // reference tier's upcast (`Matrix::to_f32`) uses: all 65 536 patterns
+    // (zeros, subnormals, normals, infinities, NaNs), in one slice and in
+    // odd-length pieces that leave tails after the vector loop.
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    at_every_level(|level| {
+        let f16s: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+        let bf16s: Vec<bf16> = bits.iter().map(|&b| bf16::from_bits(b)).collect();
+        for piece in [65_536, 1_000, 37, 1] {
+            let mut got = vec![0.0f32; bits.len()];
+            for (src, dst) in f16s.chunks(piece).zip(got.chunks_mut(piece)) {
+                widen(src, dst);
+            }
+            for (h, &g) in f16s.iter().zip(&got) {
+                assert!(
+                    same(g, h.to_f32()),
+                    "f16 {:#06x} at {level}: {g:e}",
+                    h.to_bits()
+                );
+            }
+            for (src, dst) in bf16s.chunks(piece).zip(got.chunks_mut(piece)) {
+                widen(src, dst);
+            }
+            for (h, &g) in bf16s.iter().zip(&got) {
+                assert!(
+                    same(g, h.to_f32()),
+                    "bf16 {:#06x} at {level}: {g:e}",
+                    h.to_bits()
+                );
+            }
+        }
+    });
+}
+
+/// A random weight stored as `dtype`, and its exact `f32` upcast.
+fn half_weight(k: usize, n: usize, seed: u64, dtype: Dtype) -> (Matrix, Array2<f32>) {
+    let w = Matrix::from(random(k, n, seed)).to_dtype(dtype);
+    let upcast = w.to_owned();
+    (w, upcast)
+}
+
+#[test]
+fn products_with_half_weights_equal_products_with_their_upcast() {
+    at_every_level(half_products_at_this_level);
+}
+
+fn half_products_at_this_level(level: Simd) {
+    // The same shapes as the f32 paths (GEMV, few rows at 6 × 16 and
+    // 8 × 32, the GEMM), plus the few-rows kernel's half-depth blocks of 16
+    // rows (k = 15, 16, 17, 33) and GEMMs whose half matrix spans several
+    // widened panels of 2^20 values (row-major: columns; transposed: rows of
+    // the stored matrix, as in the tied head).
+    for (m, k, n) in [
+        (1, 7, 5),
+        (1, 770, 1100),
+        (3, 37, 513),
+        (4, 16, 16),
+        (2, 45, 2304),
+        (5, 15, 40),
+        (6, 16, 16),
+        (13, 17, 391),
+        (24, 33, 800),
+        (29, 770, 50),
+        (8, 16, 64),
+        (9, 31, 96),
+        (31, 9, 390),
+        (32, 64, 1000),
+        (33, 20, 30),
+        (48, 768, 517),
+        (300, 70, 260),
+        (40, 64, 20_000),
+        (35, 3000, 700),
+    ] {
+        let a = random(m, k, 11);
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let (w, upcast) = half_weight(k, n, 12, dtype);
+            let name = format!("[{m},{k}]·{dtype}[{k},{n}] at {level}");
+            let got = matmul_weight(a.view(), w.stored());
+            let plain = matmul(a.view(), upcast.view());
+            let (wt, upcast_t) = half_weight(n, k, 13, dtype);
+            let got_t = matmul_weight(a.view(), wt.stored().t());
+            let plain_t = matmul(a.view(), upcast_t.t());
+            if m <= 32 {
+                // The same kernel, reading halves: the same bits.
+                for (g, p) in [(&got, &plain), (&got_t, &plain_t)] {
+                    let differ = g.iter().zip(p.iter()).filter(|(a, b)| !same(**a, **b));
+                    assert_eq!(
+                        differ.count(),
+                        0,
+                        "{name}: not the bits of the upcast product"
+                    );
+                }
+            }
+            // And, whatever the path, equal to the plain definition.
+            assert_close(
+                &name,
+                got.view().into_dyn(),
+                reference_matmul(a.view(), upcast.view()).view().into_dyn(),
+                tol(k),
+            );
+            assert_close(
+                &format!("{name} transposed"),
+                got_t.view().into_dyn(),
+                reference_matmul(a.view(), upcast_t.t()).view().into_dyn(),
+                tol(k),
+            );
+        }
+    }
+}
+
+#[test]
+fn half_dot_products_equal_the_f32_ones() {
+    use gpt2_ndarray::kernels::fastmath::dot_lanes;
+    at_every_level(|level| {
+        for len in [0, 1, 15, 16, 17, 768, 1000] {
+            let x = random(1, len, 21).row(0).to_vec();
+            let y = random(1, len, 22).row(0).to_vec();
+            let y16: Vec<f16> = y.iter().map(|&v| f16::from_f32(v)).collect();
+            let yb: Vec<bf16> = y.iter().map(|&v| bf16::from_f32(v)).collect();
+            let up16: Vec<f32> = y16.iter().map(|v| v.to_f32()).collect();
+            let upb: Vec<f32> = yb.iter().map(|v| v.to_f32()).collect();
+            assert!(
+                same(dot_lanes(&x, &y16), dot_lanes(&x, &up16)),
+                "f16 {len} at {level}"
+            );
+            assert!(
+                same(dot_lanes(&x, &yb), dot_lanes(&x, &upb)),
+                "bf16 {len} at {level}"
+            );
+        }
+    });
+}

@@ -145,7 +145,7 @@ fn assert_parameters(what: &str, model: &Gpt2, expected: &Tensors, tol: Tol, mov
         let e = expected[&key].view();
         let label = format!("{what}: {name}");
         if moved == 0.0 {
-            assert_close(&label, p, e, tol);
+            assert_close(&label, p.view(), e.view(), tol);
         } else if name.ends_with("attn.c_attn.bias") {
             let c = model.config.n_embd;
             for (part, cols) in [("q", 0..c), ("v", 2 * c..3 * c)] {
@@ -171,7 +171,7 @@ fn assert_parameters(what: &str, model: &Gpt2, expected: &Tensors, tol: Tol, mov
                 .collect();
             let allowed = p.len().div_ceil(1000);
             if outliers.is_empty() {
-                assert_close(&label, p, e, tol);
+                assert_close(&label, p.view(), e.view(), tol);
             } else {
                 let worst = outliers.iter().copied().fold(0.0, f32::max);
                 println!("{label}: {} elements beyond float noise, the worst by {worst:.3e} (2·Σlr = {:.3e})", outliers.len(), 2.0 * moved);
@@ -366,7 +366,7 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
     assert_close(
         "wte: sampled rows",
         wte.select(Axis(0), &rows).into_dyn().view(),
-        expected["wte.rows"].view(),
+        expected["wte.rows"].view().view(),
         TRAJECTORY,
     );
     let wpe_rows: Vec<usize> = ids(&golden["wpe_rows"])
@@ -381,7 +381,7 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
             .select(Axis(0), &wpe_rows)
             .into_dyn()
             .view(),
-        expected["wpe.rows"].view(),
+        expected["wpe.rows"].view().view(),
         TRAJECTORY,
     );
     let count = golden["projections"].as_u64().unwrap() as usize;
@@ -389,7 +389,7 @@ fn ten_steps_on_the_golden_model_match_pytorch_loss_by_loss_and_weight_by_weight
     assert_close(
         "wte: projections over every row",
         projections(wte, count).into_dyn().view(),
-        expected["wte.proj"].view(),
+        expected["wte.proj"].view().view(),
         Tol {
             atol: 1e-4,
             rtol: 1e-4,

@@ -128,16 +128,100 @@ pub fn shown(dir: &Path) -> String {
     dir.strip_prefix(&cwd).unwrap_or(dir).display().to_string()
 }
 
+/// The model of `dir`, its weight matrices kept as `dtype` (converted once),
+/// or as stored when `None` (`--dtype`).
+pub fn load_weights(
+    dir: &Path,
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
+) -> Result<gpt2_ndarray::Gpt2> {
+    let options = gpt2_ndarray::LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    gpt2_ndarray::Gpt2::from_dir_options(dir, &options)
+}
+
 /// [`resolve_model`], then say which model runs when it fell back (one line on
-/// stderr), then load the model and its tokenizer.
+/// stderr), then load the model (its matrices as `dtype`, see
+/// [`load_weights`]) and its tokenizer.
 pub fn load_model(
     arg: Option<PathBuf>,
+    dtype: Option<gpt2_ndarray::checkpoint::Dtype>,
 ) -> Result<(PathBuf, gpt2_ndarray::Gpt2, gpt2_ndarray::Tokenizer)> {
     let (dir, note) = resolve_model(arg)?;
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let model = gpt2_ndarray::Gpt2::from_dir(&dir)?;
+    let model = load_weights(&dir, dtype)?;
     let tokenizer = gpt2_ndarray::Tokenizer::from_dir(&dir)?;
     Ok((dir, model, tokenizer))
+}
+
+/// GPT-2 small's config and random weights (normal-ish, std 0.02; LayerNorm
+/// gains near 1), saved as `config.json` + `model.safetensors` in the layout
+/// of the hub's files (no `transformer.` prefix, no `lm_head`).
+pub fn write_random_gpt2(dir: &Path) -> Result<()> {
+    use gpt2_ndarray::generate::Rng;
+    use gpt2_ndarray::Config;
+    use serde_json::json;
+    std::fs::create_dir_all(dir)?;
+    let config = Config::gpt2();
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024,
+               "n_embd": 768, "n_layer": 12, "n_head": 12, "activation_function": "gelu_new",
+               "layer_norm_epsilon": 1e-5})
+        .to_string(),
+    )?;
+    let (e, f) = (config.n_embd, config.n_inner);
+    let mut shapes: Vec<(String, Vec<usize>, f32, f32)> = vec![
+        ("wte.weight".into(), vec![config.vocab_size, e], 0.0, 0.02),
+        ("wpe.weight".into(), vec![config.n_positions, e], 0.0, 0.01),
+        ("ln_f.weight".into(), vec![e], 1.0, 0.1),
+        ("ln_f.bias".into(), vec![e], 0.0, 0.1),
+    ];
+    for i in 0..config.n_layer {
+        for (name, shape, mean, std) in [
+            ("ln_1.weight", vec![e], 1.0, 0.1),
+            ("ln_1.bias", vec![e], 0.0, 0.1),
+            ("attn.c_attn.weight", vec![e, 3 * e], 0.0, 0.02),
+            ("attn.c_attn.bias", vec![3 * e], 0.0, 0.02),
+            ("attn.c_proj.weight", vec![e, e], 0.0, 0.02),
+            ("attn.c_proj.bias", vec![e], 0.0, 0.02),
+            ("ln_2.weight", vec![e], 1.0, 0.1),
+            ("ln_2.bias", vec![e], 0.0, 0.1),
+            ("mlp.c_fc.weight", vec![e, f], 0.0, 0.02),
+            ("mlp.c_fc.bias", vec![f], 0.0, 0.02),
+            ("mlp.c_proj.weight", vec![f, e], 0.0, 0.02),
+            ("mlp.c_proj.bias", vec![e], 0.0, 0.02),
+        ] {
+            shapes.push((format!("h.{i}.{name}"), shape, mean, std));
+        }
+    }
+    let mut rng = Rng::new(2024);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape, mean, std)| {
+            let n: usize = shape.iter().product();
+            let data = (0..n)
+                .flat_map(|_| {
+                    // Sum of 4 uniforms: close enough to a normal for a benchmark.
+                    let u: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
+                    (mean + std * (u * 1.732) as f32).to_le_bytes()
+                })
+                .collect();
+            (name, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("consistent tensor");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    Ok(())
 }

@@ -2,8 +2,8 @@
 //!
 //! This layer knows file formats and nothing about GPT-2: it turns a
 //! `model.safetensors` or a `pytorch_model.bin` into a map from the state-dict
-//! key (`h.0.attn.c_attn.weight`) to an `f32` array of the stored shape,
-//! upcasting half-precision storage on the way. The [`crate::model`] layer then
+//! key (`h.0.attn.c_attn.weight`) to a tensor of the stored shape, in the
+//! dtype it was stored in (`f32`, `f16` or `bf16`; `f64` is upcast to `f32`). The [`crate::model`] layer then
 //! checks those arrays against the config and moves them into named structs.
 //!
 //! Both readers treat the file as untrusted input: every length, offset and
@@ -13,9 +13,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::borrow::Cow;
 
-use crate::weights::{Matrix, SharedF32};
+use half::{bf16, f16};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+
+use crate::weights::{Matrix, Shared, SharedF32};
 
 mod pickle;
 pub mod pytorch;
@@ -29,7 +32,8 @@ pub mod unpickler {
     pub use super::pickle::{load, Pickle, Value, MAX_PICKLE_LEN};
 }
 
-/// The element type a tensor had in the file, before it was upcast to `f32`.
+/// The element type of a tensor in a file, and of a weight matrix in memory
+/// (`f32`, `f16`, `bf16`; `f64` is read from files only, and upcast to `f32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dtype {
     F32,
@@ -49,6 +53,21 @@ impl Dtype {
     }
 }
 
+/// `f32`, `f16` or `bf16` (also `float32`, `float16`/`half`, `bfloat16`, any
+/// case): the dtypes weights can be kept in.
+impl std::str::FromStr for Dtype {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> anyhow::Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(Dtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::BF16),
+            _ => anyhow::bail!("unknown dtype {name:?} (expected f32, f16 or bf16)"),
+        }
+    }
+}
+
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
@@ -61,13 +80,15 @@ impl fmt::Display for Dtype {
     }
 }
 
-/// One tensor read from a checkpoint: its values as `f32` (row-major, the
-/// stored shape) and the dtype it was stored in.
+/// One tensor read from a checkpoint: its values (row-major, the stored
+/// shape) and the dtype it was stored in.
 ///
-/// The values are owned (decoded from half precision, gathered from a strided
-/// view, ...) or, for `f32` data in a memory-mapped `model.safetensors`, read
-/// in place ([`SharedF32`]): nothing is copied until a caller asks for an
-/// owned array.
+/// `f32` values are owned (decoded, gathered from a strided view, ...) or,
+/// in a memory-mapped `model.safetensors`, read in place ([`SharedF32`]).
+/// Half-precision values (`f16`, `bf16`) are **kept as stored**: their bits,
+/// in place in the memory map when aligned, else copied; nothing is upcast
+/// until a caller asks for `f32`s ([`Tensor::as_slice`]). `f64` is upcast to
+/// `f32` when read.
 #[derive(Clone)]
 pub struct Tensor {
     pub dtype: Dtype,
@@ -79,16 +100,30 @@ pub struct Tensor {
 enum Values {
     Owned(ArrayD<f32>),
     Shared(SharedF32),
+    /// The bits of `f16` or `bf16` values (`dtype` says which).
+    Half(Shared<u16>),
 }
 
 impl Tensor {
-    /// A tensor that owns its values.
+    /// A tensor that owns its values. With a half-precision `dtype` the
+    /// values are stored back as halves: they must be ones that were decoded
+    /// from that dtype (any other is rounded to it).
     pub fn owned(dtype: Dtype, array: ArrayD<f32>) -> Self {
         let array = array.as_standard_layout().into_owned();
+        let shape = array.shape().to_vec();
+        let values = match dtype {
+            Dtype::F16 => Values::Half(Shared::from_vec(
+                array.iter().map(|&v| f16::from_f32(v).to_bits()).collect(),
+            )),
+            Dtype::BF16 => Values::Half(Shared::from_vec(
+                array.iter().map(|&v| bf16::from_f32(v).to_bits()).collect(),
+            )),
+            Dtype::F32 | Dtype::F64 => Values::Owned(array),
+        };
         Tensor {
             dtype,
-            shape: array.shape().to_vec(),
-            values: Values::Owned(array),
+            shape,
+            values,
         }
     }
 
@@ -96,10 +131,23 @@ impl Tensor {
     /// not the number of elements.
     pub fn shared(dtype: Dtype, shape: Vec<usize>, values: SharedF32) -> Option<Self> {
         let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
-        (numel == values.as_slice().len()).then_some(Tensor {
+        (numel == values.len()).then_some(Tensor {
             dtype,
             shape,
             values: Values::Shared(values),
+        })
+    }
+
+    /// A half-precision tensor (`dtype` [`Dtype::F16`] or [`Dtype::BF16`])
+    /// of `shape` from the bits of its values, in place or owned; `None` for
+    /// another dtype or when the number of values is not the number of
+    /// elements.
+    pub fn half(dtype: Dtype, shape: Vec<usize>, bits: Shared<u16>) -> Option<Self> {
+        let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        (matches!(dtype, Dtype::F16 | Dtype::BF16) && numel == bits.len()).then_some(Tensor {
+            dtype,
+            shape,
+            values: Values::Half(bits),
         })
     }
 
@@ -108,27 +156,72 @@ impl Tensor {
         &self.shape
     }
 
-    /// The values, row-major.
-    pub fn as_slice(&self) -> &[f32] {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `f32` values, row-major, or `None` when they are stored in half
+    /// precision.
+    pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.values {
-            Values::Owned(a) => a.as_slice().expect("kept in standard layout"),
-            Values::Shared(s) => s.as_slice(),
+            Values::Owned(a) => Some(a.as_slice().expect("kept in standard layout")),
+            Values::Shared(s) => Some(s.as_slice()),
+            Values::Half(_) => None,
         }
     }
 
-    /// The values as an array of the stored shape.
-    pub fn view(&self) -> ArrayViewD<'_, f32> {
-        ArrayViewD::from_shape(IxDyn(&self.shape), self.as_slice())
-            .expect("the length was checked against the shape")
+    /// The bits of the half-precision values, row-major, or `None` when they
+    /// are stored as `f32`.
+    pub fn half_bits(&self) -> Option<&[u16]> {
+        match &self.values {
+            Values::Half(bits) => Some(bits.as_slice()),
+            _ => None,
+        }
+    }
+
+    /// The values in `f32`, row-major: borrowed, or upcast from half precision.
+    pub fn as_slice(&self) -> Cow<'_, [f32]> {
+        if let Some(values) = self.as_f32() {
+            return Cow::Borrowed(values);
+        }
+        let bits = self.half_bits().expect("f32 or half");
+        Cow::Owned(match self.dtype {
+            Dtype::BF16 => bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect(),
+            _ => bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect(),
+        })
+    }
+
+    /// The values in `f32`, as an array of the stored shape.
+    pub fn view(&self) -> CowArray<'_, f32, IxDyn> {
+        match self.as_slice() {
+            Cow::Borrowed(v) => CowArray::from(
+                ArrayViewD::from_shape(IxDyn(&self.shape), v)
+                    .expect("the length was checked against the shape"),
+            ),
+            Cow::Owned(v) => CowArray::from(
+                ArrayD::from_shape_vec(IxDyn(&self.shape), v)
+                    .expect("the length was checked against the shape"),
+            ),
+        }
     }
 
     /// Whether the values are read in place from the file's memory map.
     pub fn is_shared(&self) -> bool {
-        matches!(self.values, Values::Shared(_))
+        match &self.values {
+            Values::Owned(_) => false,
+            Values::Shared(_) => true,
+            Values::Half(bits) => !bits.is_owned(),
+        }
     }
 
-    /// The tensor as a matrix, without a copy (shared values stay shared);
-    /// `None` unless it has two dimensions.
+    /// The tensor as a matrix, without a copy (shared values stay shared,
+    /// halves stay halves); `None` unless it has two dimensions.
     pub fn into_matrix(self) -> Option<Matrix> {
         let &[rows, cols] = self.shape.as_slice() else {
             return None;
@@ -136,6 +229,7 @@ impl Tensor {
         match self.values {
             Values::Owned(a) => a.into_dimensionality().ok().map(Matrix::from),
             Values::Shared(s) => Matrix::shared(s, (rows, cols)),
+            Values::Half(bits) => Matrix::half(self.dtype, bits, (rows, cols)),
         }
     }
 }

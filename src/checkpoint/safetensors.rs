@@ -8,9 +8,9 @@
 //!
 //! The file is memory-mapped and parsed by the `safetensors` crate, which checks
 //! that the header is valid and that every byte range lies inside the file, does
-//! not overlap another and matches `dtype × shape`. An `f32` tensor is then
-//! used where it lies in the map (no copy); any other dtype is upcast to owned
-//! `f32`s. When the crate refuses a file, we look at the header ourselves to
+//! not overlap another and matches `dtype × shape`. An `f32`, `f16` or `bf16`
+//! tensor is then used where it lies in the map (no copy; halves stay halves);
+//! `f64` is upcast to owned `f32`s. When the crate refuses a file, we look at the header ourselves to
 //! say which tensor is wrong and how.
 
 use std::fs::File;
@@ -18,21 +18,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use half::{bf16, f16};
 use memmap2::Mmap;
 use ndarray::{ArrayD, IxDyn};
 use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
 
 use super::{Dtype, Tensor, Tensors};
-use crate::weights::{SharedBytes, SharedF32};
+use crate::weights::{Shared, SharedBytes, SharedF32};
 
 /// Read every tensor of a safetensors file for which `keep(name)` is true.
 /// Every error names the file.
 ///
-/// The file is memory-mapped, and `f32` tensors are **read in place**: their
-/// [`Tensor`]s share the map (it is unmapped when the last of them is
-/// dropped), so loading costs neither a copy nor a second resident set of the
-/// weights. Tensors stored in another dtype are decoded into owned `f32`s.
+/// The file is memory-mapped, and `f32`, `f16` and `bf16` tensors are **read
+/// in place**, in their own dtype: their [`Tensor`]s share the map (it is
+/// unmapped when the last of them is dropped), so loading costs neither a
+/// copy nor a second resident set of the weights. `f64` tensors are decoded
+/// into owned `f32`s, as is a tensor whose bytes are not aligned for its type.
 pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: `Mmap::map` is unsafe because Rust cannot check what it needs:
@@ -72,26 +72,45 @@ pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tens
 }
 
 /// [`read_safetensors`] on bytes already in memory; every tensor is copied
-/// out of them.
+/// out of them (halves stay halves).
 pub fn read_safetensors_bytes(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     read(bytes, keep, |_, _| None)
 }
 
-/// [`read_safetensors`] on shared bytes: `f32` tensors are read in place.
+/// [`read_safetensors`] on shared bytes: `f32`, `f16` and `bf16` tensors are
+/// read in place.
 pub(crate) fn read_shared(bytes: &SharedBytes, keep: &dyn Fn(&str) -> bool) -> Result<Tensors> {
     let all: &[u8] = (**bytes).as_ref();
     read(all, keep, |view, data| {
         // Where the tensor's bytes start inside the file: an offset computed
         // from two addresses, both inside `all`.
         let start = data.as_ptr() as usize - all.as_ptr() as usize;
-        let values = SharedF32::new(Arc::clone(bytes), start, data.len() / 4)?;
-        Tensor::shared(Dtype::F32, view.shape().to_vec(), values)
+        let shape = view.shape().to_vec();
+        match view.dtype() {
+            StDtype::F32 => {
+                let values = SharedF32::new(Arc::clone(bytes), start, data.len() / 4)?;
+                Tensor::shared(Dtype::F32, shape, values)
+            }
+            StDtype::F16 | StDtype::BF16 => {
+                let bits = Shared::<u16>::new(Arc::clone(bytes), start, data.len() / 2)?;
+                Tensor::half(half_dtype(view.dtype())?, shape, bits)
+            }
+            _ => None,
+        }
     })
 }
 
-/// Parse the header, then turn each kept tensor into a [`Tensor`]: `f32` data
-/// through `in_place` when it gives one, everything else decoded into owned
-/// values.
+/// Our name of a safetensors half-precision dtype.
+fn half_dtype(dtype: StDtype) -> Option<Dtype> {
+    match dtype {
+        StDtype::F16 => Some(Dtype::F16),
+        StDtype::BF16 => Some(Dtype::BF16),
+        _ => None,
+    }
+}
+
+/// Parse the header, then turn each kept tensor into a [`Tensor`]: through
+/// `in_place` when it gives one, else decoded into owned values.
 fn read(
     bytes: &[u8],
     keep: &dyn Fn(&str) -> bool,
@@ -104,12 +123,9 @@ fn read(
     let mut tensors = Tensors::new();
     for (name, view) in st.tensors() {
         if keep(&name) {
-            let shared = (view.dtype() == StDtype::F32)
-                .then(|| in_place(&view, view.data()))
-                .flatten();
-            let tensor = match shared {
+            let tensor = match in_place(&view, view.data()) {
                 Some(tensor) => tensor,
-                None => to_f32(&view).with_context(|| format!("tensor {name:?}"))?,
+                None => decode(&view).with_context(|| format!("tensor {name:?}"))?,
             };
             tensors.insert(name, tensor);
         }
@@ -117,25 +133,31 @@ fn read(
     Ok(tensors)
 }
 
-/// Upcast one stored tensor to owned `f32`s.
-fn to_f32(view: &TensorView<'_>) -> Result<Tensor> {
+/// Copy one stored tensor into owned values: halves as their bits, anything
+/// else upcast to `f32`.
+fn decode(view: &TensorView<'_>) -> Result<Tensor> {
     let bytes = view.data();
+    if let Some(dtype) = half_dtype(view.dtype()) {
+        let bits = convert_bits(bytes);
+        return Tensor::half(dtype, view.shape().to_vec(), Shared::from_vec(bits))
+            .context("shape does not match the number of bytes");
+    }
     let (dtype, values): (Dtype, Vec<f32>) = match view.dtype() {
         StDtype::F32 => (Dtype::F32, convert(bytes, f32::from_le_bytes)),
-        StDtype::F16 => (
-            Dtype::F16,
-            convert(bytes, |b| f16::from_le_bytes(b).to_f32()),
-        ),
-        StDtype::BF16 => (
-            Dtype::BF16,
-            convert(bytes, |b| bf16::from_le_bytes(b).to_f32()),
-        ),
         StDtype::F64 => (Dtype::F64, convert(bytes, |b| f64::from_le_bytes(b) as f32)),
         other => bail!("unsupported dtype {other:?} (weights must be F32, F16, BF16 or F64)"),
     };
     let array = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
         .context("shape does not match the number of bytes")?;
     Ok(Tensor::owned(dtype, array))
+}
+
+/// Little-endian 16-bit elements.
+fn convert_bits(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
 }
 
 /// Decode little-endian elements of `N` bytes each.

@@ -381,10 +381,13 @@ pub fn parameter_table(model: &Gpt2) -> String {
             );
         }
     }
-    let in_memory = total * std::mem::size_of::<f32>();
+    let in_memory = model.weight_bytes();
+    let dtype = model
+        .dtype()
+        .map_or("mixed dtypes".to_string(), |d| d.to_string());
     let _ = writeln!(
         out,
-        "in memory as f32: {} bytes ({})",
+        "in memory ({dtype} matrices, f32 vectors): {} bytes ({})",
         thousands(in_memory),
         human_bytes(in_memory)
     );

@@ -16,10 +16,11 @@
 //! the one the CPU has. None of them fuses a multiply and an add, so every
 //! level gives the same bits: only the vector width changes.
 
+use super::convert::Element;
 pub(crate) use super::simd::simd_targets;
 
 /// Partial sums kept by the reductions below.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Add the lanes pairwise, in a fixed order.
 ///
@@ -105,14 +106,17 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 }
 
 simd_targets! {
-    /// Dot product `Σᵢ xᵢ yᵢ` of two slices of one length, with 16 partial sums.
-    pub fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    /// Dot product `Σᵢ xᵢ yᵢ` of two slices of one length, with 16 partial
+    /// sums; `y` may be stored in half precision (widened as it is read).
+    pub fn dot_lanes<E: Element>(x: &[f32], y: &[E]) -> f32 {
         dot(x, y)
     }
 }
 
+/// `Σᵢ xᵢ yᵢ` for `y` stored as `f32`, `f16` or `bf16` (widened as it is
+/// read): the same operations in the same order for every element type.
 #[inline(always)]
-pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn dot<E: Element>(x: &[f32], y: &[E]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_lanes: lengths differ");
     let mut acc = [0.0f32; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
@@ -120,11 +124,11 @@ pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(yc.remainder())
-        .map(|(a, b)| a * b)
+        .map(|(a, b)| a * b.to_f32())
         .sum();
     for (xs, ys) in xc.zip(yc) {
         for l in 0..LANES {
-            acc[l] += xs[l] * ys[l];
+            acc[l] += xs[l] * ys[l].to_f32();
         }
     }
     fold_lanes(acc, |a, b| a + b) + tail

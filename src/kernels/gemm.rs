@@ -24,11 +24,15 @@
 //! on the shapes only — never on the number of threads or on how the work was
 //! split — so results are bit-identical whatever the thread count.
 
+use std::ops::Range;
+
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::convert::{widen, Element};
 use super::fastmath::dot;
 use super::simd::{self, simd_targets, Simd};
+use crate::weights::Stored;
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
 pub const GEMV_MAX_ROWS: usize = 4;
@@ -85,6 +89,36 @@ pub fn matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayViewMut2<f32>
 pub fn product(
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
+    c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
+    product_of(a, b, c, output, threads)
+}
+
+/// `c = a · w` or `c += a · w` for a weight matrix as it is stored (`f32`,
+/// `f16` or `bf16`, any strides: `w.t()` for the head), on the current rayon
+/// pool. Half weights are widened to `f32` as the kernels read them (see
+/// [`super::convert`]): the matrix–vector and few-rows kernels give the same
+/// bits as with the `f32` upcast of `w`; the packed GEMM widens one panel of
+/// columns at a time and may add in another order.
+pub fn matmul_weight_into(
+    a: ArrayView2<f32>,
+    w: Stored<'_>,
+    c: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    match w {
+        Stored::F32(w) => product_of(a, w, c, output, Threads::Pool),
+        Stored::F16(w) => product_of(a, w, c, output, Threads::Pool),
+        Stored::BF16(w) => product_of(a, w, c, output, Threads::Pool),
+    }
+}
+
+/// The dispatch of [`product`] for `b` stored as any [`Element`] type.
+fn product_of<E: Element>(
+    a: ArrayView2<f32>,
+    b: ArrayView2<E>,
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
@@ -124,17 +158,76 @@ pub fn product(
         if let Some(w) = b.as_slice() {
             #[cfg(target_arch = "x86_64")]
             if level == Simd::Avx512 {
-                let kernel = |p: &[f32], g, k, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
+                let kernel = |p: &[f32], k, ks, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
                     // SAFETY: the level is `Avx512` only on a CPU that was
                     // detected to have AVX-512 F (see `simd::level`).
-                    unsafe { band_tiles_8x32(p, g, k, w, ldw, strips, t) }
+                    unsafe { band_tiles_8x32(p, k, ks, w, ldw, strips, t) }
                 };
-                return few_rows::<8, 32>(a, w, n, c, output, threads, kernel);
+                return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel);
             }
-            return few_rows::<TILE_ROWS, TILE_COLS>(a, w, n, c, output, threads, band_tiles);
+            return few_rows::<TILE_ROWS, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles);
         }
     }
-    gemm(a, b, c.view_mut(), output, threads);
+    match E::view_f32(b) {
+        Some(b) => gemm(a, b, c.view_mut(), output, threads),
+        None => gemm_panels(a, b, c, output, threads),
+    }
+}
+
+/// Elements of `f32` in one panel that [`gemm_panels`] widens at a time (4 MB).
+const PANEL_ELEMENTS: usize = 1 << 20;
+
+/// [`gemm`] with a half-precision `b`: the columns of `b` in panels of at
+/// most [`PANEL_ELEMENTS`] values, each widened to `f32` (rows in parallel)
+/// and multiplied by the packed GEMM into its columns of `c`. The panel
+/// keeps the layout of `b` (row-major for a `Conv1D` weight, column-major
+/// for `wteᵀ`), so it is widened front to back.
+fn gemm_panels<E: Element>(
+    a: ArrayView2<f32>,
+    b: ArrayView2<E>,
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
+    let (k, n) = b.dim();
+    let width = (PANEL_ELEMENTS / k).max(16).min(n);
+    let column_major = b.strides()[0] == 1 && b.strides()[1] != 1;
+    let mut panel = vec![0.0f32; k * width];
+    for j0 in (0..n).step_by(width) {
+        let j1 = (j0 + width).min(n);
+        let b_panel = b.slice(s![.., j0..j1]);
+        let (lanes, stored) = if column_major {
+            (b_panel.t(), &mut panel[..k * (j1 - j0)])
+        } else {
+            (b_panel.view(), &mut panel[..k * (j1 - j0)])
+        };
+        let lane_len = lanes.ncols();
+        let widen_lane = |(lane, out): (ndarray::ArrayView1<E>, &mut [f32])| match lane.as_slice() {
+            Some(lane) => widen(lane, out),
+            None => out.iter_mut().zip(lane).for_each(|(o, v)| *o = v.to_f32()),
+        };
+        match threads {
+            Threads::Pool => lanes
+                .axis_iter(Axis(0))
+                .into_par_iter()
+                .zip(stored.par_chunks_exact_mut(lane_len))
+                .with_min_len(16)
+                .for_each(widen_lane),
+            Threads::Caller => lanes
+                .outer_iter()
+                .zip(stored.chunks_exact_mut(lane_len))
+                .for_each(widen_lane),
+        }
+        let stored = &panel[..k * (j1 - j0)];
+        let b32 = if column_major {
+            ArrayView2::from_shape((j1 - j0, k), stored)
+                .expect("panel")
+                .reversed_axes()
+        } else {
+            ArrayView2::from_shape((k, j1 - j0), stored).expect("panel")
+        };
+        gemm(a, b32, c.slice_mut(s![.., j0..j1]), output, threads);
+    }
 }
 
 /// The instruction set each kernel runs with on this machine now, as
@@ -260,6 +353,9 @@ const TILE_DEPTH: usize = 8;
 /// Columns of the output per task of [`few_rows`]: fixed, so that the split
 /// does not depend on the thread count.
 const FEW_ROWS_BAND: usize = 384;
+/// Rows of a half weight [`few_rows`] widens at a time (a multiple of
+/// [`TILE_DEPTH`]): 16 × 384 `f32`s, 24 KB.
+const HALF_DEPTH: usize = 16;
 
 /// `c (+)= a · w` for 5 to 32 rows of `a: [m, k]` and a row-major
 /// `w: [k, n]` (given as its contiguous slice), read in place.
@@ -279,14 +375,15 @@ const FEW_ROWS_BAND: usize = 384;
 /// Every output is one chain of fused multiply–adds over `k` in order,
 /// started from zero and then written into (or added to) `c`: the same bits
 /// whatever the thread count, on every CPU that runs it (`mul_add` rounds once).
-fn few_rows<const R: usize, const C: usize>(
+#[allow(clippy::too_many_arguments)]
+fn few_rows<const R: usize, const C: usize, E: Element>(
     a: ArrayView2<f32>,
-    w: &[f32],
+    w: &[E],
     n: usize,
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
-    kernel: impl Fn(&[f32], usize, usize, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
+    kernel: impl Fn(&[f32], usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
 ) {
     let (m, k) = a.dim();
     debug_assert_eq!(w.len(), k * n);
@@ -305,7 +402,25 @@ fn few_rows<const R: usize, const C: usize>(
         let (j0, width) = (j * FEW_ROWS_BAND, c_band.ncols());
         let strips = width / C;
         let mut tiles = vec![[0.0f32; C]; groups * strips * R];
-        kernel(&panels, groups, k, &w[j0..], n, strips, &mut tiles);
+        match E::slice_f32(w) {
+            Some(w) => kernel(&panels, k, 0..k, &w[j0..], n, strips, &mut tiles),
+            None => {
+                // Half weights: widen HALF_DEPTH rows of the band's tile
+                // columns at a time into a block that stays in the L1 cache,
+                // and run the same kernel on it (the same steps in the same
+                // order as on the f32 matrix: the same bits).
+                let tiled = (strips * C).max(1);
+                let mut block = vec![0.0f32; HALF_DEPTH * tiled];
+                for k0 in (0..k).step_by(HALF_DEPTH) {
+                    let depth = HALF_DEPTH.min(k - k0);
+                    for (l, out) in block.chunks_exact_mut(tiled).take(depth).enumerate() {
+                        widen(&w[(k0 + l) * n + j0..][..tiled], out);
+                    }
+                    let ks = k0..k0 + depth;
+                    kernel(&panels, k, ks, &block, tiled, strips, &mut tiles);
+                }
+            }
+        }
         for (r, mut c_row) in c_band.rows_mut().into_iter().enumerate() {
             let (g, i) = (r / R, r % R);
             for s in 0..strips {
@@ -323,7 +438,7 @@ fn few_rows<const R: usize, const C: usize>(
                 let steps = panel.chunks_exact(R);
                 let v = steps
                     .zip(column)
-                    .fold(0.0f32, |acc, (x, &wv)| x[i].mul_add(wv, acc));
+                    .fold(0.0f32, |acc, (x, &wv)| x[i].mul_add(wv.to_f32(), acc));
                 output.store(&mut c_row[jj], v);
             }
         }
@@ -336,22 +451,25 @@ fn few_rows<const R: usize, const C: usize>(
 }
 
 simd_targets! {
-    /// The loop of [`few_rows`] over one band: `tiles[(g·strips + s)·6 + i]`
+    /// The loop of [`few_rows`] over one band, for the rows `ks` of the
+    /// weights (`w` starts at row `ks.start`; the panels hold all `k`):
+    /// `tiles[(g·strips + s)·6 + i]`
     /// receives `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns;
     /// `w` starts at the band's first column, `ldw` apart per row).
     fn band_tiles(
         panels: &[f32],
-        groups: usize,
         k: usize,
+        ks: Range<usize>,
         w: &[f32],
         ldw: usize,
         strips: usize,
         tiles: &mut [[f32; TILE_COLS]],
     ) {
-        for k0 in (0..k).step_by(TILE_DEPTH) {
-            let depth = TILE_DEPTH.min(k - k0);
+        let groups = panels.len() / (k * TILE_ROWS);
+        for k0 in ks.clone().step_by(TILE_DEPTH) {
+            let depth = TILE_DEPTH.min(ks.end - k0);
             for s in 0..strips {
-                let w_block = &w[k0 * ldw + s * TILE_COLS..];
+                let w_block = &w[(k0 - ks.start) * ldw + s * TILE_COLS..];
                 for g in 0..groups {
                     let steps = &panels[(g * k + k0) * TILE_ROWS..][..depth * TILE_ROWS];
                     let tile = &mut tiles[(g * strips + s) * TILE_ROWS..][..TILE_ROWS];
@@ -393,8 +511,8 @@ fn tile_steps(steps: &[f32], w: &[f32], ldw: usize, tile: &mut [[f32; TILE_COLS]
 #[target_feature(enable = "avx512f")]
 fn band_tiles_8x32(
     panels: &[f32],
-    groups: usize,
     k: usize,
+    ks: Range<usize>,
     w: &[f32],
     ldw: usize,
     strips: usize,
@@ -403,10 +521,11 @@ fn band_tiles_8x32(
     use std::arch::x86_64::_mm512_storeu_ps;
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     const R: usize = 8;
-    for k0 in (0..k).step_by(TILE_DEPTH) {
-        let depth = TILE_DEPTH.min(k - k0);
+    let groups = panels.len() / (k * R);
+    for k0 in ks.clone().step_by(TILE_DEPTH) {
+        let depth = TILE_DEPTH.min(ks.end - k0);
         for s in 0..strips {
-            let w_block = &w[k0 * ldw + s * 32..];
+            let w_block = &w[(k0 - ks.start) * ldw + s * 32..];
             // The 32 weights of each of the `depth` rows, bounds-checked once
             // per block here rather than per load below.
             let w_rows: [&[f32; 32]; TILE_DEPTH] = std::array::from_fn(|l| {
@@ -457,23 +576,23 @@ fn band_tiles_8x32(
 /// the hardware prefetcher streams best) into partial sums of its own, and the
 /// partial sums are then added in block order. The blocks depend on `k` only,
 /// so the result does not depend on the number of threads.
-fn gemv_rows(
+fn gemv_rows<E: Element>(
     a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
+    b: ArrayView2<E>,
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
 ) {
     let ((m, k), n) = (a.dim(), b.ncols());
-    let block_sum = |(block, b_rows): (usize, ArrayView2<f32>)| {
+    let block_sum = |(block, b_rows): (usize, ArrayView2<E>)| {
         let i0 = block * GEMV_ROW_BLOCK;
         let mut acc = Array2::zeros((m, n));
         for (t, mut acc_t) in acc.rows_mut().into_iter().enumerate() {
             let acc_t = acc_t.as_slice_mut().expect("fresh array");
             let x = a.slice(s![t, i0..i0 + b_rows.nrows()]);
             match x.as_slice() {
-                Some(x) => add_scaled_rows(acc_t, b_rows, x),
-                None => add_scaled_rows(acc_t, b_rows, &x.to_vec()),
+                Some(x) => add_scaled_rows_any(acc_t, b_rows, x),
+                None => add_scaled_rows_any(acc_t, b_rows, &x.to_vec()),
             }
         }
         acc
@@ -512,28 +631,47 @@ simd_targets! {
     /// per row would move as many bytes of `acc` through the L1 cache as of
     /// weights) [`ROWS_PER_PASS`] at a time, each pass
     /// `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)`.
-    fn add_scaled_rows(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
+    fn add_scaled_rows<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
         if acc.len() <= NARROW {
-            scaled_row_passes::<1>(acc, rows, xs)
+            scaled_row_passes::<1, E>(acc, rows, xs)
         } else {
-            scaled_row_passes::<ROWS_PER_PASS>(acc, rows, xs)
+            scaled_row_passes::<ROWS_PER_PASS, E>(acc, rows, xs)
         }
     }
 }
 
+/// [`add_scaled_rows`], or its AVX-512 twin for `f16` weights (the same
+/// arithmetic, with the hardware conversion).
+fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(rows), Simd::Avx512) = (E::view_f16(rows), simd::level()) {
+        use super::half_avx512::scaled_row_passes_f16;
+        // SAFETY: the level is `Avx512` only on a CPU that was detected to
+        // have AVX-512 F (`simd::level`).
+        return unsafe {
+            if acc.len() <= NARROW {
+                scaled_row_passes_f16::<1>(acc, rows, xs)
+            } else {
+                scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs)
+            }
+        };
+    }
+    add_scaled_rows(acc, rows, xs)
+}
+
 /// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
 #[inline(always)]
-fn scaled_row_passes<const R: usize>(acc: &mut [f32], rows: ArrayView2<f32>, xs: &[f32]) {
+fn scaled_row_passes<const R: usize, E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
     let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
     let k = rows.nrows();
     let mut i = 0;
     while i + R <= k {
-        let w: [&[f32]; R] = std::array::from_fn(|r| row(i + r));
+        let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
         let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
         for (j, y) in acc.iter_mut().enumerate() {
-            let mut s = x[0] * w[0][j];
+            let mut s = x[0] * w[0][j].to_f32();
             for r in 1..R {
-                s += x[r] * w[r][j];
+                s += x[r] * w[r][j].to_f32();
             }
             *y += s;
         }
@@ -541,7 +679,7 @@ fn scaled_row_passes<const R: usize>(acc: &mut [f32], rows: ArrayView2<f32>, xs:
     }
     for (i, &xi) in xs.iter().enumerate().skip(i) {
         for (y, &w) in acc.iter_mut().zip(row(i)) {
-            *y += xi * w;
+            *y += xi * w.to_f32();
         }
     }
 }
@@ -550,9 +688,9 @@ simd_targets! {
     /// `c[t, j] (+)= rows[t] · b[:, j]` for one band of columns of `b`, each
     /// column contiguous: the dot products of [`gemv_columns`], in one loop
     /// compiled for the CPU's widest vectors.
-    fn dot_columns(
+    fn dot_columns<E: Element>(
         rows: &[&[f32]],
-        b_band: ArrayView2<f32>,
+        b_band: ArrayView2<E>,
         c_band: ArrayViewMut2<f32>,
         output: Output,
     ) {
@@ -566,12 +704,32 @@ simd_targets! {
     }
 }
 
+/// [`dot_columns`] for `f16` columns with AVX-512's conversion
+/// (`half_avx512::dot_f16`, the same arithmetic).
+#[cfg(target_arch = "x86_64")]
+fn dot_columns_f16_avx512(
+    rows: &[&[f32]],
+    b_band: ArrayView2<half::f16>,
+    mut c_band: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    for (j, column) in b_band.columns().into_iter().enumerate() {
+        let column = column.to_slice().expect("unit row stride");
+        for (t, row) in rows.iter().enumerate() {
+            // SAFETY: called only when the level is `Avx512`, which is set
+            // only on a CPU detected to have AVX-512 F (`simd::level`).
+            let v = unsafe { super::half_avx512::dot_f16(row, column) };
+            output.store(&mut c_band[[t, j]], v);
+        }
+    }
+}
+
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
 /// in attention): `cₜⱼ (+)= aₜ · b₍:,ⱼ₎`, one dot product per output, each
 /// column of `b` read once for all rows.
-fn gemv_columns(
+fn gemv_columns<E: Element>(
     a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
+    b: ArrayView2<E>,
     mut c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
@@ -582,7 +740,11 @@ fn gemv_columns(
         .into_iter()
         .map(|r| r.to_slice().expect("standard layout"))
         .collect();
-    let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<f32>)| {
+    let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<E>)| {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(b_band), Simd::Avx512) = (E::view_f16(b_band), simd::level()) {
+            return dot_columns_f16_avx512(&rows, b_band, c_band, output);
+        }
         dot_columns(&rows, b_band, c_band, output);
     };
     let (c_bands, b_bands) = (

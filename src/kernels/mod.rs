@@ -17,6 +17,7 @@
 //! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels_vs_reference.rs` |
 //! | `Activation::apply_inplace` ([`activation`]) | [`reference::activation`] | `tests/kernels_vs_reference.rs` |
 //! | [`attention::attend`] | [`reference::split_heads`] → [`reference::multi_head_attention`] → [`reference::merge_heads`] | `tests/kernels_vs_reference.rs` |
+//! | [`convert`] (`f16`/`bf16` → `f32` as the kernels load, every product above on half weights) | `Matrix::to_f32` (the `half` crate), [`reference::matmul`] on the upcast | `tests/kernels.rs` |
 //! | [`fastmath`] (lane sums, `exp`) | `ndarray`'s `.sum()`, `f32::exp` | `tests/kernels.rs` |
 //!
 //! The SIMD loops are compiled for AVX-512, AVX2/FMA, AVX and portable/NEON
@@ -31,14 +32,17 @@ use crate::reference;
 
 pub mod activation;
 pub mod attention;
+pub mod convert;
 pub mod fastmath;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod half_avx512;
 pub mod linear;
 pub mod norm;
 pub mod simd;
 pub mod softmax;
 
 pub use attention::{attend, AttentionMaps};
-pub use linear::{conv1d, matmul};
+pub use linear::{conv1d, matmul, matmul_weight};
 pub use norm::layer_norm;
 pub use softmax::{softmax, softmax_inplace, softmax_slice};

@@ -212,5 +212,41 @@ macro_rules! simd_targets {
             portable($($arg),*)
         }
     };
+    // The same for a function with one type parameter (`fn f<E: Bound>(...)`):
+    // each level's copy is generic too, and monomorphised per type.
+    ($(#[$attr:meta])* $vis:vis fn $name:ident<$g:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        $vis fn $name<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn portable<$g: $bound>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                use $crate::kernels::simd::{level, Simd};
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx")]
+                fn avx512<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    portable::<$g>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma,avx")]
+                fn avx2<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    portable::<$g>($($arg),*)
+                }
+                #[target_feature(enable = "avx")]
+                fn avx<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    portable::<$g>($($arg),*)
+                }
+                match level() {
+                    // SAFETY: as in the first arm: `level()` returns a level
+                    // only after `Simd::is_available` found its features.
+                    Simd::Avx512 => return unsafe { avx512::<$g>($($arg),*) },
+                    // SAFETY: as above (avx2 and fma detected).
+                    Simd::Avx2 => return unsafe { avx2::<$g>($($arg),*) },
+                    // SAFETY: as above (avx detected).
+                    Simd::Avx => return unsafe { avx::<$g>($($arg),*) },
+                    Simd::Portable => {}
+                }
+            }
+            portable::<$g>($($arg),*)
+        }
+    };
 }
 pub(crate) use simd_targets;

@@ -35,6 +35,17 @@ impl WeightsFormat {
     }
 }
 
+/// How [`Gpt2::from_dir_options`] loads a model directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The weights file to read; `None`: `model.safetensors` if present,
+    /// else `pytorch_model.bin`.
+    pub format: Option<WeightsFormat>,
+    /// The dtype to keep the weight matrices in (`f32`, `f16`, `bf16`),
+    /// converted once at load; `None`: as the file stores them.
+    pub dtype: Option<Dtype>,
+}
+
 /// Buffers real checkpoints carry that are not parameters: the causal mask
 /// `h.{i}.attn.bias` and the constant `h.{i}.attn.masked_bias`. Never read.
 fn is_buffer(key: &str) -> bool {
@@ -50,8 +61,11 @@ impl Gpt2 {
     /// copy, so loading GPT-2 small costs the time to map and check 498 MB, not
     /// to copy it, and the weights are resident once). As with every mmap-based
     /// loader, do not modify or truncate the file while a model read from it
-    /// is alive. Half-precision files and `pytorch_model.bin` are decoded into
-    /// owned arrays.
+    /// is alive. Matrices stored as `f16` or `bf16` are kept so, in place,
+    /// and the fast model widens them to `f32` as it reads them (half the
+    /// memory, about twice the decoding speed); the reference tier upcasts
+    /// them. `pytorch_model.bin` is decoded into owned arrays (halves stay
+    /// halves). To convert at load instead, see [`Gpt2::from_dir_as`].
     ///
     /// The files are untrusted input: loading never panics, never executes
     /// anything (a `.bin` is parsed by a restricted unpickler), never reads
@@ -87,6 +101,43 @@ impl Gpt2 {
                 )
             })?;
         Self::from_dir_with(dir, format)
+    }
+
+    /// [`Gpt2::from_dir`], then the weight matrices converted once to
+    /// `dtype` ([`Gpt2::to_dtype`]; nothing is converted when the file stores
+    /// them in `dtype` already). With [`Dtype::F16`] or [`Dtype::BF16`] the
+    /// model takes half the memory and decodes about twice as fast; the
+    /// logits move by the rounding of the weights (`docs/half-precision.md`
+    /// measures how much).
+    pub fn from_dir_as(dir: impl AsRef<Path>, dtype: Dtype) -> Result<Self> {
+        Self::from_dir_options(
+            dir,
+            &LoadOptions {
+                dtype: Some(dtype),
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Load a model directory as `options` say: which weights file (default:
+    /// as [`Gpt2::from_dir`] chooses) and which dtype to keep the weight
+    /// matrices in (default: as stored).
+    pub fn from_dir_options(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let model = match options.format {
+            Some(format) => Self::from_dir_with(dir, format)?,
+            None => Self::from_dir(dir)?,
+        };
+        Ok(match options.dtype {
+            Some(dtype) => {
+                ensure!(
+                    dtype != Dtype::F64,
+                    "weights are kept as f32, f16 or bf16, not f64"
+                );
+                model.to_dtype(dtype)
+            }
+            None => model,
+        })
     }
 
     /// Load a model directory from the given weights format.
@@ -197,18 +248,23 @@ impl Store {
             ));
             return None;
         }
-        if let Some(bad) = first_non_finite(tensor.as_slice()) {
+        let bad = match (tensor.as_f32(), tensor.half_bits()) {
+            (Some(values), _) => first_non_finite(values),
+            (None, Some(bits)) => first_non_finite_half(bits, tensor.dtype),
+            (None, None) => unreachable!("a tensor holds f32 values or half bits"),
+        };
+        if let Some(bad) = bad {
             self.problems.push(format!(
                 "tensor {key} contains {bad} (weights must be finite)"
             ));
             return None;
         }
-        *self.stored_bytes.entry(tensor.dtype).or_default() +=
-            tensor.as_slice().len() * tensor.dtype.size();
+        *self.stored_bytes.entry(tensor.dtype).or_default() += tensor.len() * tensor.dtype.size();
         Some(tensor)
     }
 
-    /// A weight matrix; one read in place from a memory map stays there.
+    /// A weight matrix, in its stored dtype; one read in place from a memory
+    /// map stays there.
     fn matrix(&mut self, key: &str, [rows, cols]: [usize; 2]) -> Matrix {
         self.take(key, &[rows, cols])
             .and_then(Tensor::into_matrix)
@@ -218,7 +274,7 @@ impl Store {
     /// A vector (biases, LayerNorm gains: small, so copied).
     fn vector(&mut self, key: &str, len: usize) -> Array1<f32> {
         self.take(key, &[len])
-            .map(|t| Array1::from(t.as_slice().to_vec()))
+            .map(|t| Array1::from(t.as_slice().into_owned()))
             .unwrap_or_else(|| Array1::zeros(0))
     }
 
@@ -281,4 +337,28 @@ fn first_non_finite(values: &[f32]) -> Option<f32> {
     };
     let chunk = values.par_chunks(CHUNK).find_first(|c| any_non_finite(c))?;
     chunk.iter().copied().find(|v| !v.is_finite())
+}
+
+/// [`first_non_finite`] for half-precision bits (`dtype` [`Dtype::F16`] or
+/// [`Dtype::BF16`]), on the 16-bit data as stored: the same carry test, with
+/// the exponent field of the format (5 bits in `f16`, 8 in `bf16`), at the
+/// speed memory delivers the halves. Returns the offending value in `f32`.
+fn first_non_finite_half(bits: &[u16], dtype: Dtype) -> Option<f32> {
+    const CHUNK: usize = 1 << 16;
+    let (exponent, lowest_bit) = match dtype {
+        Dtype::BF16 => (0x7f80u16, 0x0080u16),
+        _ => (0x7c00, 0x0400),
+    };
+    let any_non_finite = |chunk: &[u16]| {
+        let carry = chunk
+            .iter()
+            .fold(0u16, |acc, &b| acc | ((b & exponent) + lowest_bit));
+        carry & 0x8000 != 0
+    };
+    let chunk = bits.par_chunks(CHUNK).find_first(|c| any_non_finite(c))?;
+    let to_f32 = |b: u16| match dtype {
+        Dtype::BF16 => half::bf16::from_bits(b).to_f32(),
+        _ => half::f16::from_bits(b).to_f32(),
+    };
+    chunk.iter().map(|&b| to_f32(b)).find(|v| !v.is_finite())
 }

@@ -11,6 +11,7 @@
 //! The forward pass is [`Gpt2::forward_step`]; everything else is a convenience
 //! on top of it. Dropout is the identity at inference and does not appear.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -21,15 +22,16 @@ use rayon::prelude::*;
 use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::intervention::{Hooks, Interventions};
-use crate::kernels::{attend, conv1d, layer_norm, matmul, AttentionMaps};
+use crate::kernels::{attend, conv1d, layer_norm, matmul_weight, AttentionMaps};
 use crate::trace::Trace;
 use crate::weights::{Conv1D, LayerNorm, Matrix};
 
 mod cache;
 mod load;
+mod save;
 
 pub use cache::KvCache;
-pub use load::WeightsFormat;
+pub use load::{LoadOptions, WeightsFormat};
 
 /// GPT-2 with a language-model head (`GPT2LMHeadModel`). Field names are the
 /// state-dict keys: `h[3].attn.c_attn.weight` is `h.3.attn.c_attn.weight`.
@@ -46,8 +48,9 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     /// `lm_head.weight` `[vocab, C]`, only when the config unties it from `wte`.
     pub lm_head: Option<Matrix>,
-    /// Bytes the parameters took in the checkpoint, by stored dtype (they are
-    /// all `f32` here). Empty for a model not read from a file.
+    /// Bytes the parameters took in the checkpoint, by stored dtype. Empty for
+    /// a model not read from a file. (What they take in memory:
+    /// [`Gpt2::weight_bytes`].)
     pub stored_bytes: BTreeMap<Dtype, usize>,
 }
 
@@ -108,6 +111,123 @@ struct Sequence<'c> {
 }
 
 impl Gpt2 {
+    /// The model with its weight matrices stored as `dtype` ([`Dtype::F32`],
+    /// [`Dtype::F16`] or [`Dtype::BF16`]), converted once, here: each value
+    /// rounded to the nearest `dtype` value. Biases and layer-norm parameters
+    /// (a few thousand numbers) stay `f32` in memory, rounded to `dtype` too,
+    /// so that the result is exactly the model a checkpoint saved in `dtype`
+    /// loads as (`examples/convert.rs` writes one). Matrices already in
+    /// `dtype` are shared, not copied. The fast forward pass then reads the
+    /// halves as stored and computes in `f32`.
+    ///
+    /// # Panics
+    ///
+    /// For [`Dtype::F64`], which is not a dtype weights are kept in.
+    pub fn to_dtype(&self, dtype: Dtype) -> Gpt2 {
+        assert!(
+            dtype != Dtype::F64,
+            "weights are kept as f32, f16 or bf16, not f64"
+        );
+        let round = |v: &Array1<f32>| match dtype {
+            Dtype::F16 => v.mapv(|x| half::f16::from_f32(x).to_f32()),
+            Dtype::BF16 => v.mapv(|x| half::bf16::from_f32(x).to_f32()),
+            _ => v.clone(),
+        };
+        let ln = |ln: &LayerNorm| LayerNorm {
+            weight: round(&ln.weight),
+            bias: round(&ln.bias),
+            eps: ln.eps,
+        };
+        let conv = |c: &Conv1D| Conv1D {
+            weight: c.weight.to_dtype(dtype),
+            bias: round(&c.bias),
+        };
+        Gpt2 {
+            config: self.config.clone(),
+            wte: self.wte.to_dtype(dtype),
+            wpe: self.wpe.to_dtype(dtype),
+            h: self
+                .h
+                .iter()
+                .map(|b| Block {
+                    ln_1: ln(&b.ln_1),
+                    attn: Attention {
+                        c_attn: conv(&b.attn.c_attn),
+                        c_proj: conv(&b.attn.c_proj),
+                    },
+                    ln_2: ln(&b.ln_2),
+                    mlp: Mlp {
+                        c_fc: conv(&b.mlp.c_fc),
+                        c_proj: conv(&b.mlp.c_proj),
+                    },
+                })
+                .collect(),
+            ln_f: ln(&self.ln_f),
+            lm_head: self.lm_head.as_ref().map(|w| w.to_dtype(dtype)),
+            stored_bytes: self.stored_bytes.clone(),
+        }
+    }
+
+    /// The model with `f32` weight matrices: itself (borrowed) when they all
+    /// are, else an upcast copy ([`Gpt2::to_dtype`]`(F32)`, exact). The
+    /// reference tier starts with this, so that it reads plain `f32` views.
+    pub fn upcast(&self) -> Cow<'_, Gpt2> {
+        if self.matrices().all(|m| m.dtype() == Dtype::F32) {
+            Cow::Borrowed(self)
+        } else {
+            Cow::Owned(self.to_dtype(Dtype::F32))
+        }
+    }
+
+    /// Every weight matrix: `wte`, `wpe`, each block's four `Conv1D`
+    /// weights, and `lm_head` when untied.
+    pub fn matrices(&self) -> impl Iterator<Item = &Matrix> {
+        let blocks = self.h.iter().flat_map(|b| {
+            [
+                &b.attn.c_attn.weight,
+                &b.attn.c_proj.weight,
+                &b.mlp.c_fc.weight,
+                &b.mlp.c_proj.weight,
+            ]
+        });
+        [&self.wte, &self.wpe]
+            .into_iter()
+            .chain(blocks)
+            .chain(self.lm_head.as_ref())
+    }
+
+    /// The dtype the weight matrices are kept in, `None` if they differ.
+    pub fn dtype(&self) -> Option<Dtype> {
+        let mut dtypes = self.matrices().map(Matrix::dtype);
+        let first = dtypes.next()?;
+        dtypes.all(|d| d == first).then_some(first)
+    }
+
+    /// Bytes the parameters take in memory: the matrices in their stored
+    /// dtype, the vectors (biases, layer norms) as `f32`.
+    pub fn weight_bytes(&self) -> usize {
+        let matrices: usize = self.matrices().map(Matrix::stored_bytes).sum();
+        let vectors: usize = self
+            .h
+            .iter()
+            .flat_map(|b| {
+                [
+                    &b.ln_1.weight,
+                    &b.ln_1.bias,
+                    &b.attn.c_attn.bias,
+                    &b.attn.c_proj.bias,
+                    &b.ln_2.weight,
+                    &b.ln_2.bias,
+                    &b.mlp.c_fc.bias,
+                    &b.mlp.c_proj.bias,
+                ]
+            })
+            .chain([&self.ln_f.weight, &self.ln_f.bias])
+            .map(|v| v.len() * std::mem::size_of::<f32>())
+            .sum();
+        matrices + vectors
+    }
+
     /// Logits `[T, vocab]` of one sequence, every position.
     pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>> {
         self.forward_traced(ids, &mut Trace::off())
@@ -316,10 +436,9 @@ impl Gpt2 {
     ) {
         let mask: Vec<bool> = mask.map_or_else(|| vec![true; ids.len()], <[bool]>::to_vec);
         let positions = cache.push_positions(&mask);
-        let (wte, wpe) = (self.wte.view(), self.wpe.view());
         for ((mut row, &id), &pos) in x.rows_mut().into_iter().zip(ids).zip(&positions) {
-            row.assign(&wte.row(id as usize));
-            row += &wpe.row(pos);
+            row.assign(&self.wte.row_f32(id as usize));
+            row += &self.wpe.row_f32(pos);
         }
     }
 
@@ -483,11 +602,12 @@ impl Gpt2 {
 
     /// The language-model head: `logits = x · Wᵀ`, `W` = `wte` (tied) or `lm_head`,
     /// `[T, C]` → `[T, vocab]`, applied to the output of `ln_f`. The transpose
-    /// is a view: no copy of `W`. Public so that tools such as the logit lens
-    /// ([`crate::inspect::logit_lens`]) use the model's own head.
+    /// is a view: no copy of `W`, which is read in its stored dtype. Public so
+    /// that tools such as the logit lens ([`crate::inspect::logit_lens`]) use
+    /// the model's own head.
     pub fn head(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let w = self.lm_head.as_ref().unwrap_or(&self.wte);
-        matmul(x, w.view().t()) // [T, C] · [C, vocab]
+        matmul_weight(x, w.stored().t()) // [T, C] · [C, vocab]
     }
 
     /// Reject a step the model cannot run, with a message that says why.

@@ -121,10 +121,16 @@ impl ModelSteps {
 /// logits = ln_f(x) · wteᵀ
 /// ```
 ///
+/// A model whose weights are stored in half precision is first upcast to
+/// `f32` ([`Gpt2::upcast`]; exact): the reference computes with `f32` values.
+///
 /// Panics if `ids` is empty, longer than `n_positions`, or holds an id
 /// `≥ vocab_size` (this is the tier for reading; [`Gpt2::forward`] checks and
 /// returns errors).
 pub fn forward_steps(model: &Gpt2, ids: &[u32]) -> ModelSteps {
+    // Half-precision weights are upcast once, here: below, every weight is a
+    // plain f32 view.
+    let model = &*model.upcast();
     let config = &model.config;
     assert!(
         !ids.is_empty() && ids.len() <= config.n_positions,
@@ -360,7 +366,10 @@ pub fn head_backward<'w>(
 /// blocks:  for i = n_layer-1 … 0: ∂x, ∂h[i] = block_backward(…, ∂x)
 /// embed:   scatter-add ∂x into wte's rows ids[t] and wpe's rows t
 /// ```
+///
+/// Half-precision weights are upcast as in [`forward_steps`].
 pub fn backward(model: &Gpt2, steps: &ModelSteps, dlogits: ArrayView2<f32>, grads: &mut Gradients) {
+    let model = &*model.upcast();
     let lm_head = model.lm_head.as_ref().map(|w| w.view());
     let (d_ln_f, d_head) = head_backward(steps.ln_f.view(), model.wte.view(), lm_head, dlogits);
     match &mut grads.lm_head {
@@ -432,6 +441,7 @@ pub fn loss_and_gradients(
         "inputs and targets are both [B, T]"
     );
     assert!(inputs.nrows() > 0, "need at least one row");
+    let model = &*model.upcast(); // once for every row, not once per row
     let t = inputs.ncols();
     let runs: Vec<ModelSteps> = inputs
         .rows()

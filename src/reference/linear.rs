@@ -44,6 +44,7 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// Shapes: `x: [T, in]`, `W: [in, out]`, `b: [out]` → `[T, out]`. `Conv1D`
 /// stores `W` as `[in, out]`, the transpose of `nn.Linear`'s `[out, in]`, so
 /// no transpose is needed here; despite its name it is not a convolution.
+/// A weight stored in half precision is upcast to `f32` first (`to_f32`).
 ///
 /// ```
 /// use ndarray::array;
@@ -54,7 +55,7 @@ pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
 /// assert_eq!(y, array![[5.0, 2.5, 0.0], [-2.0, -0.5, 1.0]]);
 /// ```
 pub fn conv1d(x: ArrayView2<f32>, layer: &Conv1D) -> Array2<f32> {
-    matmul(x, layer.weight.view()) + &layer.bias // [T, in] · [in, out] + [out] -> [T, out]
+    matmul(x, layer.weight.to_f32().view()) + &layer.bias // [T, in] · [in, out] + [out] -> [T, out]
 }
 
 /// The backward of [`matmul`]: for `C = A·B` and `dC = ∂loss/∂C`,

@@ -1,6 +1,6 @@
 //! A model's parameters by state-dict name, to read and to update.
 
-use ndarray::{ArrayViewD, ArrayViewMutD};
+use ndarray::{ArrayViewMutD, CowArray, IxDyn};
 
 use crate::model::Gpt2;
 use crate::reference::BLOCK_PARAMETERS;
@@ -9,26 +9,27 @@ use crate::reference::BLOCK_PARAMETERS;
 /// [`Gradients::named`](crate::reference::Gradients::named): `wte.weight`,
 /// `wpe.weight`, each block's [`BLOCK_PARAMETERS`], `ln_f.weight`,
 /// `ln_f.bias`, and `lm_head.weight` for an untied head (a tied head is
-/// `wte`, listed once).
-pub fn parameters(model: &Gpt2) -> Vec<(String, ArrayViewD<'_, f32>)> {
+/// `wte`, listed once). Weights stored in half precision are upcast copies;
+/// the others are views.
+pub fn parameters(model: &Gpt2) -> Vec<(String, CowArray<'_, f32, IxDyn>)> {
     let mut out = vec![
-        ("wte.weight".to_string(), model.wte.view().into_dyn()),
-        ("wpe.weight".to_string(), model.wpe.view().into_dyn()),
+        ("wte.weight".to_string(), model.wte.to_f32().into_dyn()),
+        ("wpe.weight".to_string(), model.wpe.to_f32().into_dyn()),
     ];
     for (i, b) in model.h.iter().enumerate() {
         let tensors = [
-            b.ln_1.weight.view().into_dyn(),
-            b.ln_1.bias.view().into_dyn(),
-            b.attn.c_attn.weight.view().into_dyn(),
-            b.attn.c_attn.bias.view().into_dyn(),
-            b.attn.c_proj.weight.view().into_dyn(),
-            b.attn.c_proj.bias.view().into_dyn(),
-            b.ln_2.weight.view().into_dyn(),
-            b.ln_2.bias.view().into_dyn(),
-            b.mlp.c_fc.weight.view().into_dyn(),
-            b.mlp.c_fc.bias.view().into_dyn(),
-            b.mlp.c_proj.weight.view().into_dyn(),
-            b.mlp.c_proj.bias.view().into_dyn(),
+            CowArray::from(b.ln_1.weight.view().into_dyn()),
+            CowArray::from(b.ln_1.bias.view().into_dyn()),
+            b.attn.c_attn.weight.to_f32().into_dyn(),
+            CowArray::from(b.attn.c_attn.bias.view().into_dyn()),
+            b.attn.c_proj.weight.to_f32().into_dyn(),
+            CowArray::from(b.attn.c_proj.bias.view().into_dyn()),
+            CowArray::from(b.ln_2.weight.view().into_dyn()),
+            CowArray::from(b.ln_2.bias.view().into_dyn()),
+            b.mlp.c_fc.weight.to_f32().into_dyn(),
+            CowArray::from(b.mlp.c_fc.bias.view().into_dyn()),
+            b.mlp.c_proj.weight.to_f32().into_dyn(),
+            CowArray::from(b.mlp.c_proj.bias.view().into_dyn()),
         ];
         out.extend(
             BLOCK_PARAMETERS
@@ -37,10 +38,16 @@ pub fn parameters(model: &Gpt2) -> Vec<(String, ArrayViewD<'_, f32>)> {
                 .map(|(n, x)| (format!("h.{i}.{n}"), x)),
         );
     }
-    out.push(("ln_f.weight".into(), model.ln_f.weight.view().into_dyn()));
-    out.push(("ln_f.bias".into(), model.ln_f.bias.view().into_dyn()));
+    out.push((
+        "ln_f.weight".into(),
+        CowArray::from(model.ln_f.weight.view().into_dyn()),
+    ));
+    out.push((
+        "ln_f.bias".into(),
+        CowArray::from(model.ln_f.bias.view().into_dyn()),
+    ));
     if let Some(w) = &model.lm_head {
-        out.push(("lm_head.weight".into(), w.view().into_dyn()));
+        out.push(("lm_head.weight".into(), w.to_f32().into_dyn()));
     }
     out
 }

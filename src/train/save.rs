@@ -1,13 +1,10 @@
 //! Writing a trained model as a Hugging Face GPT-2 directory.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::TensorView;
 
-use super::params::parameters;
 use crate::checkpoint::Dtype;
 use crate::model::Gpt2;
 
@@ -60,22 +57,6 @@ pub fn check_output_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The values of `x` as little-endian bytes of `dtype` (halves rounded to
-/// the nearest, ties to even, as torch's `.to(dtype)` does).
-fn encode(x: &[f32], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F16 => x
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => x
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        Dtype::F32 | Dtype::F64 => x.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-    }
-}
-
 /// Save `model` into the new directory `out` as `transformers` saves a
 /// `GPT2LMHeadModel`: `model.safetensors` (keys `transformer.wte.weight`, …,
 /// `lm_head.weight` only for an untied head; weights in `dtype`: `f32`, `f16`
@@ -100,39 +81,8 @@ pub fn save_model_dir(model: &Gpt2, from: &Path, out: &Path, dtype: Dtype) -> Re
         fields.insert("torch_dtype".into(), torch_name(dtype).into());
     }
 
-    let st_dtype = match dtype {
-        Dtype::F16 => safetensors::Dtype::F16,
-        Dtype::BF16 => safetensors::Dtype::BF16,
-        _ => safetensors::Dtype::F32,
-    };
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = parameters(model)
-        .into_iter()
-        .map(|(name, x)| {
-            let shape = x.shape().to_vec();
-            let x = x.as_standard_layout();
-            let bytes = encode(x.as_slice().expect("standard layout"), dtype);
-            let key = if name == "lm_head.weight" {
-                name
-            } else {
-                format!("transformer.{name}")
-            };
-            (key, shape, bytes)
-        })
-        .collect();
-    let views = tensors
-        .iter()
-        .map(|(key, shape, bytes)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (key.clone(), v))
-                .with_context(|| format!("tensor {key}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let weights = out.join("model.safetensors");
-    safetensors::tensor::serialize_to_file(views, Some(metadata), &weights)
-        .with_context(|| format!("cannot write {}", weights.display()))?;
+    model.save_safetensors(&out.join("model.safetensors"), dtype)?;
     let config_out = out.join("config.json");
     fs::write(&config_out, serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", config_out.display()))?;

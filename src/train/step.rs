@@ -85,6 +85,7 @@ fn check(model: &Gpt2, inputs: ArrayView2<u32>, targets: ArrayView2<u32>) -> Res
 /// each), the fast forward pass alone (validation).
 pub fn loss(model: &Gpt2, inputs: ArrayView2<u32>, targets: ArrayView2<u32>) -> Result<f32> {
     check(model, inputs, targets)?;
+    let model = &*model.upcast(); // half-precision weights: computed in f32
     let fwd = rayon::scope(|_| forward(model, inputs));
     let mut logits = model.head(fwd.out.view()); // [N, vocab]
     Ok(cross_entropy(logits.view_mut(), targets))
@@ -93,7 +94,8 @@ pub fn loss(model: &Gpt2, inputs: ArrayView2<u32>, targets: ArrayView2<u32>) -> 
 /// The loss `L` (mean cross-entropy over the `B·T` targets) and `∂L/∂θ` for
 /// every parameter, on the fast kernels. Shapes: `inputs`, `targets`:
 /// `[B, T]`. Errors: a shape mismatch, `T > n_positions`, an id outside the
-/// vocabulary.
+/// vocabulary. Weights stored in half precision are upcast to `f32` first
+/// (the gradients are `f32`, as the parameters a [`crate::train::Trainer`] updates).
 ///
 /// Runs on the current rayon pool; the result does not depend on its number
 /// of threads.
@@ -103,6 +105,7 @@ pub fn loss_and_gradients(
     targets: ArrayView2<u32>,
 ) -> Result<(f32, Gradients)> {
     check(model, inputs, targets)?;
+    let model = &*model.upcast(); // half-precision weights: computed in f32
     Ok(rayon::scope(|_| {
         let fwd = forward(model, inputs);
         backward(model, inputs, targets, fwd)
