@@ -114,8 +114,9 @@
 //!    the model (`n_embd`, `n_head`, ...), validated.
 //! 3. **Checkpoints** — [`checkpoint`]: `model.safetensors` and
 //!    `pytorch_model.bin` (zip or 2019 legacy, parsed by a restricted unpickler
-//!    that never executes anything) become named `f32` tensors; those of an
-//!    `f32` safetensors file stay where they lie in its memory map.
+//!    that never executes anything) become named tensors in the dtype the file
+//!    stores (`f32`, `f16`, `bf16`); those of a safetensors file stay where
+//!    they lie in its memory map.
 //! 4. **The reference tier** — [`reference`](mod@reference): the model in plain `ndarray`,
 //!    forward ([`reference::forward`]) and backward ([`reference::loss_and_gradients`]:
 //!    each box's gradient by the chain rule, into a [`reference::Gradients`]).
