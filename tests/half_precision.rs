@@ -109,6 +109,36 @@ fn viewing_a_half_matrix_as_f32_is_refused_loudly() {
     let _ = golden_model().to_dtype(Dtype::F16).wte.view();
 }
 
+/// The backward pass and the training step take half weights as the forward
+/// does: the gradients are those of the upcast model (each box's backward
+/// too, called on a half layer directly).
+#[test]
+fn gradients_of_a_half_model_are_those_of_its_upcast() {
+    use gpt2_ndarray::train;
+    use ndarray::{array, Array2};
+    let model = golden_model().to_dtype(Dtype::F16);
+    let upcast = model.to_dtype(Dtype::F32);
+    let inputs = array![[464u32, 3290, 318, 257], [1332, 11, 290, 262]];
+    let targets = array![[3290u32, 318, 257, 1332], [11, 290, 262, 13]];
+    let half = reference::loss_and_gradients(&model, inputs.view(), targets.view());
+    assert_eq!(
+        half,
+        reference::loss_and_gradients(&upcast, inputs.view(), targets.view())
+    );
+    let fast = train::loss_and_gradients(&model, inputs.view(), targets.view()).unwrap();
+    assert_eq!(
+        fast,
+        train::loss_and_gradients(&upcast, inputs.view(), targets.view()).unwrap()
+    );
+    let layer = &model.h[0].mlp.c_fc;
+    let x = Array2::from_shape_fn((3, layer.n_in()), |(t, i)| ((t * 7 + i) % 11) as f32 - 5.0);
+    let dy = Array2::from_shape_fn((3, layer.n_out()), |(t, o)| ((t + o) % 5) as f32 - 2.0);
+    assert_eq!(
+        reference::conv1d_backward(x.view(), layer, dy.view()),
+        reference::conv1d_backward(x.view(), &upcast.h[0].mlp.c_fc, dy.view())
+    );
+}
+
 #[test]
 fn converted_files_load_as_to_dtype_and_write_back_bit_for_bit() {
     for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32] {

@@ -76,13 +76,14 @@ pub fn matmul_backward(
 /// `∂b = Σₜ dy`.
 ///
 /// Shapes: `x: [T, in]`, `dy: [T, out]` → `∂x: [T, in]`, `∂W: [in, out]`
-/// (the layout `Conv1D` stores), `∂b: [out]`.
+/// (the layout `Conv1D` stores), `∂b: [out]`. A weight stored in half
+/// precision is upcast to `f32` first, as in [`conv1d`].
 pub fn conv1d_backward(
     x: ArrayView2<f32>,
     layer: &Conv1D,
     dy: ArrayView2<f32>,
 ) -> (Array2<f32>, Conv1DGradients) {
-    let (dx, weight) = matmul_backward(x, layer.weight.view(), dy);
+    let (dx, weight) = matmul_backward(x, layer.weight.to_f32().view(), dy);
     let bias = dy.sum_axis(Axis(0)); // [T, out] -> [out]
     (dx, Conv1DGradients { weight, bias })
 }
