@@ -491,6 +491,22 @@ def save_npy(path, x, dtype=np.float32):
     np.save(path, np.array(a, dtype=dtype, order="C"))  # (ascontiguousarray would make a scalar [1])
 
 
+def pack_npz(directory):
+    """Replace `directory` of small .npy files by one uncompressed `<directory>.npz` holding them
+    (member `<name>.npy`, in name order, fixed timestamps: the same bytes on every run). A file
+    takes at least a disk block, a member does not; tests/common::read_f32 reads either form."""
+    import zipfile
+    directory = Path(directory)
+    files = sorted(directory.glob("*.npy"))
+    assert files and all(f.is_file() for f in directory.iterdir()), directory
+    with zipfile.ZipFile(directory.with_suffix(".npz"), "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            info = zipfile.ZipInfo(f.name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, f.read_bytes())
+    shutil.rmtree(directory)
+
+
 def to_json(obj, indent=0):
     """JSON with one key per line, but lists of numbers (ids, [id, prob] pairs) on one line."""
     pad, inner = " " * indent, " " * (indent + 1)

@@ -4,6 +4,9 @@
 
 Two parts, both float32, eager attention, one thread, fixed seeds:
 
+Every directory of .npy files below is committed packed as `<directory>.npz` (export_model.py's
+pack_npz; tests/common::read_f32 reads `<directory>/<name>.npy` from it).
+
 * golden/grads/blocks/<case>.<tensor>.npy: one box at a time on small inputs (the layout of
   golden/blocks/). The inputs under their names (`x`, `weight`, `q`, ...), the upstream gradient
   as `dy` (`dout`, `dlogits`, ...), and autograd's gradients as `d_<input>`. The boxes are the
@@ -351,6 +354,8 @@ def main():
         name = v["name"]
         models[f"variants/{name}"] = model_gradients(em.GOLDEN / "variants" / name, OUT / "variants" / name,
                                                      SEED + 1 + k, sample_wte=False)
+    for directory in [BLOCKS, *(OUT / name for name in models)]:
+        em.pack_npz(directory)  # golden/grads/blocks.npz, model.npz, variants/<name>.npz
     em.write_json(OUT / "manifest.json", {
         "versions": {"torch": torch.__version__, "transformers": em.transformers.__version__,
                      "numpy": np.__version__},
@@ -358,7 +363,7 @@ def main():
         "load": LOAD,
         "loss": "F.cross_entropy(logits.view(-1, vocab), targets.view(-1)), then loss.backward()",
         "batch": {"B": B, "T": T},
-        "layout": "blocks/<case>.<tensor>.npy: one box's inputs, upstream gradient and autograd's gradients (d_*); "
+        "layout": "each <dir>/ below is packed as <dir>.npz; blocks/<case>.<tensor>.npy: one box's inputs, upstream gradient and autograd's gradients (d_*); "
                   "<model>/<parameter>.npy: the whole model's gradients by state-dict name",
         "cases": CASES,
         "models": models,

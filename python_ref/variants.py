@@ -129,13 +129,15 @@ def main():
     for k, (name, overrides) in enumerate(VARIANTS):
         v, names = write_variant(name, overrides, SEED + k, short_ids, long_ids)
         variants.append(v)
+    for v in variants:
+        em.pack_npz(OUT / v["name"] / "short")  # <variant>/short.npz
     em.write_json(OUT / "manifest.json", {
         "versions": {"torch": torch.__version__, "transformers": em.transformers.__version__,
                      "numpy": np.__version__},
         "script": "python_ref/variants.py",
         "load": "GPT2LMHeadModel.from_pretrained(dir, attn_implementation='eager', dtype=torch.float32).eval()",
         "prompts": {"short": short_ids, "long": long_ids},
-        "layout": "<variant>/short/<tensor>.npy: every step for the short prompt (as golden/reference); "
+        "layout": "<variant>/short.npz holds <tensor>.npy: every step for the short prompt (as golden/reference); "
                   "<variant>/long/logits.npy: the logits of the long prompt",
         "variants": variants,
         "tensors": names,

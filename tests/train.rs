@@ -482,10 +482,10 @@ fn the_fast_steps_loss_and_gradients_match_autograd_on_every_model() {
                 .join("grads")
                 .join(key)
                 .join(format!("{name}.npy"));
-            if !path.is_file() {
+            if (key.as_str(), name.as_str()) == ("model", "wte.weight") {
                 // the golden model's wte is stored as a sample: the fast step
-                // meets it through the reference tier (the test above)
-                assert_eq!((key.as_str(), name.as_str()), ("model", "wte.weight"));
+                // meets it through the reference tier (the test above); any
+                // other missing file fails in read_f32
                 continue;
             }
             let expected = common::read_f32(&path);

@@ -58,9 +58,24 @@ pub fn golden_dir() -> PathBuf {
 ///
 /// Panics with the file's path, the reason, and the script to run when the file
 /// is missing or unreadable (goldens are generated, see `python_ref/`).
+///
+/// A directory of many small `.npy` files may be committed packed as one
+/// uncompressed `<dir>.npz` beside it (`python_ref/export_model.py`'s
+/// `pack_npz`: a file takes a disk block, a member does not): `<dir>/<name>.npy`
+/// is then read from member `<name>.npy` of `<dir>.npz`.
 pub fn read_f32(path: impl AsRef<Path>) -> ArrayD<f32> {
     let path = path.as_ref();
-    ndarray_npy::read_npy(path).unwrap_or_else(|err| {
+    let read = || -> Result<ArrayD<f32>, Box<dyn std::error::Error>> {
+        if path.exists() {
+            return Ok(ndarray_npy::read_npy(path)?);
+        }
+        let (dir, name) = (path.parent().ok_or("no parent")?, path.file_name().ok_or("no name")?);
+        let archive = std::fs::File::open(dir.with_extension("npz"))?;
+        let mut member = zip::ZipArchive::new(archive)?;
+        let member = member.by_name(name.to_str().ok_or("not UTF-8")?)?;
+        Ok(ndarray_npy::ReadNpyExt::read_npy(member)?)
+    };
+    read().unwrap_or_else(|err| {
         panic!(
             "cannot read golden file {}: {err}\n\
              the golden files are generated: run {} (needs python3 with torch, transformers, numpy)",
