@@ -69,7 +69,10 @@ pub fn read_f32(path: impl AsRef<Path>) -> ArrayD<f32> {
         if path.exists() {
             return Ok(ndarray_npy::read_npy(path)?);
         }
-        let (dir, name) = (path.parent().ok_or("no parent")?, path.file_name().ok_or("no name")?);
+        let (dir, name) = (
+            path.parent().ok_or("no parent")?,
+            path.file_name().ok_or("no name")?,
+        );
         let archive = std::fs::File::open(dir.with_extension("npz"))?;
         let mut member = zip::ZipArchive::new(archive)?;
         let member = member.by_name(name.to_str().ok_or("not UTF-8")?)?;
