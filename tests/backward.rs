@@ -10,13 +10,14 @@ use std::path::PathBuf;
 
 use common::{assert_close, golden_dir, read_f32, Tol};
 use gpt2_ndarray::config::Activation;
+use gpt2_ndarray::model::BLOCK_PARAMETERS;
 use gpt2_ndarray::model::{Attention, Block, Mlp};
 use gpt2_ndarray::reference::{
     self, activation_backward, attention_head, attention_head_backward, block, block_backward,
     causal_self_attention, causal_self_attention_backward, conv1d_backward, cross_entropy,
     cross_entropy_backward, embedding_backward, head_backward, layer_norm_backward,
     matmul_backward, mlp, mlp_backward, multi_head_attention, multi_head_attention_backward,
-    softmax_rows, softmax_rows_backward, BLOCK_PARAMETERS,
+    softmax_rows, softmax_rows_backward,
 };
 use gpt2_ndarray::weights::{Conv1D, LayerNorm};
 use gpt2_ndarray::{Config, Gpt2};

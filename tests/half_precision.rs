@@ -173,6 +173,34 @@ fn converted_files_load_as_to_dtype_and_write_back_bit_for_bit() {
     }
 }
 
+/// The JSON header of a safetensors file.
+fn header(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + n]).unwrap()
+}
+
+#[test]
+fn written_files_name_every_tensor_as_transformers_does() {
+    // golden/model/model.safetensors was written by `save_pretrained`: the
+    // same keys (`transformer.` prefix, tied head not repeated), shapes,
+    // dtype and metadata.
+    let ours = header(&converted_golden(Dtype::F32).join("model.safetensors"));
+    let theirs = header(&golden_dir().join("model/model.safetensors"));
+    let entries = |h: &Value| {
+        let mut e: Vec<(String, Value, Value)> = h
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v["shape"].clone(), v["dtype"].clone()))
+            .collect();
+        e.sort_by(|a, b| a.0.cmp(&b.0));
+        e
+    };
+    assert_eq!(entries(&ours), entries(&theirs));
+    assert_eq!(ours["__metadata__"], theirs["__metadata__"]);
+}
+
 /// Overwrite the first element of `tensor` in a safetensors file with `bits`.
 fn poke(path: &Path, tensor: &str, bits: u16) {
     let mut bytes = std::fs::read(path).unwrap();

@@ -28,10 +28,12 @@ use crate::weights::{Conv1D, LayerNorm, Matrix};
 
 mod cache;
 mod load;
+mod parameters;
 mod save;
 
 pub use cache::KvCache;
 pub use load::{LoadOptions, WeightsFormat};
+pub use parameters::{Parameter, ParameterMut, BLOCK_PARAMETERS};
 
 /// GPT-2 with a language-model head (`GPT2LMHeadModel`). Field names are the
 /// state-dict keys: `h[3].attn.c_attn.weight` is `h.3.attn.c_attn.weight`.

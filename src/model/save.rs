@@ -6,71 +6,13 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use half::{bf16, f16};
-use ndarray::Array1;
 use safetensors::tensor::TensorView;
 
-use super::Gpt2;
+use super::{Gpt2, Parameter};
 use crate::checkpoint::Dtype;
 use crate::weights::{Matrix, Stored};
 
-/// One parameter to write: a matrix (in its own dtype, or converted) or a vector.
-enum Param<'a> {
-    Matrix(&'a Matrix),
-    Vector(&'a Array1<f32>),
-}
-
 impl Gpt2 {
-    /// Every parameter by its state-dict key (`transformer.h.0.attn.c_attn.weight`,
-    /// as `GPT2LMHeadModel.save_pretrained` names them), in the order of a
-    /// checkpoint; `lm_head.weight` only when the head is untied.
-    fn parameters(&self) -> Vec<(String, Param<'_>)> {
-        let mut out = vec![
-            (
-                "transformer.wte.weight".to_string(),
-                Param::Matrix(&self.wte),
-            ),
-            (
-                "transformer.wpe.weight".to_string(),
-                Param::Matrix(&self.wpe),
-            ),
-        ];
-        for (i, b) in self.h.iter().enumerate() {
-            let p = |name: &str| format!("transformer.h.{i}.{name}");
-            out.extend([
-                (p("ln_1.weight"), Param::Vector(&b.ln_1.weight)),
-                (p("ln_1.bias"), Param::Vector(&b.ln_1.bias)),
-                (
-                    p("attn.c_attn.weight"),
-                    Param::Matrix(&b.attn.c_attn.weight),
-                ),
-                (p("attn.c_attn.bias"), Param::Vector(&b.attn.c_attn.bias)),
-                (
-                    p("attn.c_proj.weight"),
-                    Param::Matrix(&b.attn.c_proj.weight),
-                ),
-                (p("attn.c_proj.bias"), Param::Vector(&b.attn.c_proj.bias)),
-                (p("ln_2.weight"), Param::Vector(&b.ln_2.weight)),
-                (p("ln_2.bias"), Param::Vector(&b.ln_2.bias)),
-                (p("mlp.c_fc.weight"), Param::Matrix(&b.mlp.c_fc.weight)),
-                (p("mlp.c_fc.bias"), Param::Vector(&b.mlp.c_fc.bias)),
-                (p("mlp.c_proj.weight"), Param::Matrix(&b.mlp.c_proj.weight)),
-                (p("mlp.c_proj.bias"), Param::Vector(&b.mlp.c_proj.bias)),
-            ]);
-        }
-        out.push((
-            "transformer.ln_f.weight".into(),
-            Param::Vector(&self.ln_f.weight),
-        ));
-        out.push((
-            "transformer.ln_f.bias".into(),
-            Param::Vector(&self.ln_f.bias),
-        ));
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".into(), Param::Matrix(w)));
-        }
-        out
-    }
-
     /// Write the parameters to `path` as a safetensors file, every tensor in
     /// `dtype` (`f32`, `f16` or `bf16`; values rounded to nearest, ties to
     /// even), with the `{"format": "pt"}` metadata `transformers` expects:
@@ -93,11 +35,16 @@ impl Gpt2 {
             .into_iter()
             .map(|(name, param)| {
                 let (shape, bytes) = match param {
-                    Param::Matrix(m) => {
+                    Parameter::Matrix(m) => {
                         let (r, c) = m.dim();
                         (vec![r, c], matrix_bytes(m, dtype))
                     }
-                    Param::Vector(v) => (vec![v.len()], f32_bytes(v.iter().copied(), dtype)),
+                    Parameter::Vector(v) => (vec![v.len()], f32_bytes(v.iter().copied(), dtype)),
+                };
+                // The keys of `GPT2LMHeadModel.save_pretrained`.
+                let name = match name.as_str() {
+                    "lm_head.weight" => name,
+                    _ => format!("transformer.{name}"),
                 };
                 (name, shape, bytes)
             })

@@ -4,7 +4,7 @@ use std::ops::AddAssign;
 
 use ndarray::{Array1, Array2, ArrayViewD, ArrayViewMutD};
 
-use super::{Gpt2, LayerNorm};
+use super::{Gpt2, LayerNorm, BLOCK_PARAMETERS};
 
 /// The gradient of a [`LayerNorm`]'s gain and bias, `[n]` each.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +49,46 @@ pub struct Gradients {
     pub ln_f: LayerNormGradients,
     /// `[vocab, C]`, for an untied head.
     pub lm_head: Option<Array2<f32>>,
+}
+
+/// The listing behind [`Gradients::named`] and [`Gradients::named_mut`],
+/// written once for both (`$iter`, `$view`, `$as` are `iter`, `view`,
+/// `as_ref` or their `_mut` twins).
+macro_rules! named_gradients {
+    ($g:ident, $iter:ident, $view:ident, $as:ident) => {{
+        let mut out = vec![
+            ("wte.weight".to_string(), $g.wte.$view().into_dyn()),
+            ("wpe.weight".to_string(), $g.wpe.$view().into_dyn()),
+        ];
+        for (i, b) in $g.h.$iter().enumerate() {
+            let tensors = [
+                b.ln_1.weight.$view().into_dyn(),
+                b.ln_1.bias.$view().into_dyn(),
+                b.c_attn.weight.$view().into_dyn(),
+                b.c_attn.bias.$view().into_dyn(),
+                b.attn_c_proj.weight.$view().into_dyn(),
+                b.attn_c_proj.bias.$view().into_dyn(),
+                b.ln_2.weight.$view().into_dyn(),
+                b.ln_2.bias.$view().into_dyn(),
+                b.c_fc.weight.$view().into_dyn(),
+                b.c_fc.bias.$view().into_dyn(),
+                b.mlp_c_proj.weight.$view().into_dyn(),
+                b.mlp_c_proj.bias.$view().into_dyn(),
+            ];
+            out.extend(
+                BLOCK_PARAMETERS
+                    .iter()
+                    .zip(tensors)
+                    .map(|(n, x)| (format!("h.{i}.{n}"), x)),
+            );
+        }
+        out.push(("ln_f.weight".to_string(), $g.ln_f.weight.$view().into_dyn()));
+        out.push(("ln_f.bias".to_string(), $g.ln_f.bias.$view().into_dyn()));
+        if let Some(w) = $g.lm_head.$as() {
+            out.push(("lm_head.weight".to_string(), w.$view().into_dyn()));
+        }
+        out
+    }};
 }
 
 impl LayerNormGradients {
@@ -97,107 +137,19 @@ impl Gradients {
     }
 
     /// Every gradient by its parameter's state-dict name, in checkpoint
-    /// order: `wte.weight`, `wpe.weight`, then each block's
-    /// [`BLOCK_PARAMETERS`] as `h.{i}.ln_1.weight` …, then `ln_f.weight`,
-    /// `ln_f.bias`, and `lm_head.weight` for an untied head (a tied head is
-    /// `wte`, listed once).
+    /// order: the names and order of [`Gpt2::parameters`] (`wte.weight`,
+    /// `wpe.weight`, each block's [`BLOCK_PARAMETERS`] as `h.{i}.ln_1.weight`
+    /// …, `ln_f.weight`, `ln_f.bias`, and `lm_head.weight` for an untied
+    /// head; a tied head is `wte`, listed once).
     pub fn named(&self) -> Vec<(String, ArrayViewD<'_, f32>)> {
-        let mut out = vec![
-            ("wte.weight".to_string(), self.wte.view().into_dyn()),
-            ("wpe.weight".to_string(), self.wpe.view().into_dyn()),
-        ];
-        for (i, b) in self.h.iter().enumerate() {
-            let tensors = [
-                b.ln_1.weight.view().into_dyn(),
-                b.ln_1.bias.view().into_dyn(),
-                b.c_attn.weight.view().into_dyn(),
-                b.c_attn.bias.view().into_dyn(),
-                b.attn_c_proj.weight.view().into_dyn(),
-                b.attn_c_proj.bias.view().into_dyn(),
-                b.ln_2.weight.view().into_dyn(),
-                b.ln_2.bias.view().into_dyn(),
-                b.c_fc.weight.view().into_dyn(),
-                b.c_fc.bias.view().into_dyn(),
-                b.mlp_c_proj.weight.view().into_dyn(),
-                b.mlp_c_proj.bias.view().into_dyn(),
-            ];
-            out.extend(
-                BLOCK_PARAMETERS
-                    .iter()
-                    .zip(tensors)
-                    .map(|(n, x)| (format!("h.{i}.{n}"), x)),
-            );
-        }
-        out.push((
-            "ln_f.weight".to_string(),
-            self.ln_f.weight.view().into_dyn(),
-        ));
-        out.push(("ln_f.bias".to_string(), self.ln_f.bias.view().into_dyn()));
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), w.view().into_dyn()));
-        }
-        out
+        named_gradients!(self, iter, view, as_ref)
     }
 
     /// [`Gradients::named`], mutable: the same names in the same order.
     pub fn named_mut(&mut self) -> Vec<(String, ArrayViewMutD<'_, f32>)> {
-        let mut out = vec![
-            ("wte.weight".to_string(), self.wte.view_mut().into_dyn()),
-            ("wpe.weight".to_string(), self.wpe.view_mut().into_dyn()),
-        ];
-        for (i, b) in self.h.iter_mut().enumerate() {
-            let tensors = [
-                b.ln_1.weight.view_mut().into_dyn(),
-                b.ln_1.bias.view_mut().into_dyn(),
-                b.c_attn.weight.view_mut().into_dyn(),
-                b.c_attn.bias.view_mut().into_dyn(),
-                b.attn_c_proj.weight.view_mut().into_dyn(),
-                b.attn_c_proj.bias.view_mut().into_dyn(),
-                b.ln_2.weight.view_mut().into_dyn(),
-                b.ln_2.bias.view_mut().into_dyn(),
-                b.c_fc.weight.view_mut().into_dyn(),
-                b.c_fc.bias.view_mut().into_dyn(),
-                b.mlp_c_proj.weight.view_mut().into_dyn(),
-                b.mlp_c_proj.bias.view_mut().into_dyn(),
-            ];
-            out.extend(
-                BLOCK_PARAMETERS
-                    .iter()
-                    .zip(tensors)
-                    .map(|(n, x)| (format!("h.{i}.{n}"), x)),
-            );
-        }
-        out.push((
-            "ln_f.weight".to_string(),
-            self.ln_f.weight.view_mut().into_dyn(),
-        ));
-        out.push((
-            "ln_f.bias".to_string(),
-            self.ln_f.bias.view_mut().into_dyn(),
-        ));
-        if let Some(w) = &mut self.lm_head {
-            out.push(("lm_head.weight".to_string(), w.view_mut().into_dyn()));
-        }
-        out
+        named_gradients!(self, iter_mut, view_mut, as_mut)
     }
 }
-
-/// A block's parameters by state-dict name (without the `h.{i}.` prefix), in
-/// checkpoint order: the order of [`Gradients::named`] within a block.
-pub const BLOCK_PARAMETERS: [&str; 12] = [
-    "ln_1.weight",
-    "ln_1.bias",
-    "attn.c_attn.weight",
-    "attn.c_attn.bias",
-    "attn.c_proj.weight",
-    "attn.c_proj.bias",
-    "ln_2.weight",
-    "ln_2.bias",
-    "mlp.c_fc.weight",
-    "mlp.c_fc.bias",
-    "mlp.c_proj.weight",
-    "mlp.c_proj.bias",
-];
 
 /// `a += &b`: gradients of the same parameters add (two sequences of a
 /// batch, two uses of one weight).

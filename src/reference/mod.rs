@@ -87,7 +87,7 @@
 
 use crate::{
     config::{Activation, Config},
-    model::{Attention, Block, Gpt2, Mlp},
+    model::{Attention, Block, Gpt2, Mlp, BLOCK_PARAMETERS},
     weights::{Conv1D, LayerNorm},
 };
 
@@ -115,9 +115,7 @@ pub use gpt2::{
     head_backward, loss_and_gradients, mlp, mlp_backward, Activations, BlockSteps, MlpSteps,
     ModelSteps,
 };
-pub use gradients::{
-    BlockGradients, Conv1DGradients, Gradients, LayerNormGradients, BLOCK_PARAMETERS,
-};
+pub use gradients::{BlockGradients, Conv1DGradients, Gradients, LayerNormGradients};
 pub use linear::{conv1d, conv1d_backward, dot, matmul, matmul_backward};
 pub use loss::{cross_entropy, cross_entropy_backward};
 pub use norm::{layer_norm, layer_norm_backward, mean, variance};
