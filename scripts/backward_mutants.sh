@@ -12,29 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-file=""
-restore() { if [ -n "$file" ] && [ -f "$file.orig" ]; then mv "$file.orig" "$file"; fi; }
-trap restore EXIT INT TERM
-
-survivors=0
-mutant() {
-  local name=$1 from=$3 to=$4
-  file=$2
-  local text
-  text=$(<"$file")
-  [[ $text == *"$from"* ]] || { echo "$name: the line to mutate is not in $file"; exit 2; }
-  cp "$file" "$file.orig"
-  printf '%s\n' "${text/"$from"/"$to"}" >"$file"
-  if cargo test --test backward >"target/mutant-$name.log" 2>&1; then
-    echo "$name: SURVIVED (the tests passed with the mutation)"
-    survivors=$((survivors + 1))
-  else
-    echo "$name: caught, failing:"
-    grep '^test .* FAILED$' "target/mutant-$name.log" | sed 's/^/    /' || true
-  fi
-  restore
-  file=""
-}
+test_target=backward
+source scripts/mutants-lib.sh
 
 mutant no_scale src/reference/attention.rs \
   'let d_qk = softmax_rows_backward(probs, d_probs.view()) * scale;' \
@@ -46,5 +25,4 @@ mutant tied_head src/reference/gpt2.rs \
   'None => grads.wte += &d_head,' \
   'None => {}'
 
-[ "$survivors" -eq 0 ] || { echo "$survivors mutant(s) survived"; exit 1; }
-echo "every mutant was caught"
+report

@@ -16,29 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-file=""
-restore() { if [ -n "$file" ] && [ -f "$file.orig" ]; then mv "$file.orig" "$file"; fi; }
-trap restore EXIT INT TERM
-
-survivors=0
-mutant() {
-  local name=$1 from=$3 to=$4
-  file=$2
-  local text
-  text=$(<"$file")
-  [[ $text == *"$from"* ]] || { echo "$name: the line to mutate is not in $file"; exit 2; }
-  cp "$file" "$file.orig"
-  printf '%s\n' "${text/"$from"/"$to"}" >"$file"
-  if cargo test --test train >"target/mutant-$name.log" 2>&1; then
-    echo "$name: SURVIVED (the tests passed with the mutation)"
-    survivors=$((survivors + 1))
-  else
-    echo "$name: caught, failing:"
-    grep '^test .* FAILED$' "target/mutant-$name.log" | sed 's/^/    /' || true
-  fi
-  restore
-  file=""
-}
+test_target=train
+source scripts/mutants-lib.sh
 
 mutant no_scale src/train/step.rs \
   '*ds = scale * p * (*ds - dot)' \
@@ -62,5 +41,4 @@ mutant adam_moment src/train/optim.rs \
   '*m = one_minus_b1.mul_add(g - *m, *m);' \
   '*m = one_minus_b1.mul_add(g - *m, *m) * 1.0001;'
 
-[ "$survivors" -eq 0 ] || { echo "$survivors mutant(s) survived"; exit 1; }
-echo "every mutant was caught"
+report
