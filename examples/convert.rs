@@ -1,6 +1,7 @@
 //! Write a GPT-2 directory's weights in another dtype: a new model directory
 //! with `model.safetensors` in f32, f16 or bf16 (which `transformers` loads),
-//! its `config.json` (`dtype` or `torch_dtype` set) and the tokenizer files copied.
+//! its `config.json` (`dtype` set) and the tokenizer files copied, by
+//! `train::save_model_dir` (the writer a training run saves with).
 //!
 //! ```text
 //! cargo run --release --example convert -- --model models/gpt2 --dtype f16 --out models/gpt2-f16
@@ -14,8 +15,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use clap::Parser;
+use gpt2_ndarray::train::save_model_dir;
 use gpt2_ndarray::{Dtype, Gpt2};
 
 /// Convert a GPT-2 directory's weights to another dtype.
@@ -27,20 +29,10 @@ struct Args {
     /// The dtype to write: f32, f16 or bf16.
     #[arg(long)]
     dtype: Dtype,
-    /// The directory to write (created; must not be the input).
+    /// The directory to write (created; must be absent or empty).
     #[arg(long)]
     out: PathBuf,
 }
-
-/// Files of a model directory copied as they are, when present.
-const COPIED: [&str; 6] = [
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-];
 
 fn main() -> ExitCode {
     common::run(try_main)
@@ -49,42 +41,8 @@ fn main() -> ExitCode {
 fn try_main() -> Result<()> {
     let args = Args::parse();
     let model = Gpt2::from_dir(&args.model)?;
-    ensure!(
-        args.out.canonicalize().ok() != args.model.canonicalize().ok(),
-        "--out must be another directory than --model"
-    );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    save_model_dir(&model, &args.model, &args.out, args.dtype)?;
     let weights = args.out.join("model.safetensors");
-    model.save_safetensors(&weights, args.dtype)?;
-    let config_path = args.model.join("config.json");
-    let config = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let mut config: serde_json::Value = serde_json::from_str(&config)
-        .with_context(|| format!("{} is not JSON", config_path.display()))?;
-    let torch_dtype = match args.dtype {
-        Dtype::F16 => "float16",
-        Dtype::BF16 => "bfloat16",
-        _ => "float32",
-    };
-    // transformers ≥ 4.56 writes `dtype`, older ones `torch_dtype`.
-    let key = if config.get("dtype").is_some() {
-        "dtype"
-    } else {
-        "torch_dtype"
-    };
-    config[key] = torch_dtype.into();
-    std::fs::write(
-        args.out.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    for name in COPIED {
-        let from = args.model.join(name);
-        if from.is_file() {
-            std::fs::copy(&from, args.out.join(name))
-                .with_context(|| format!("cannot copy {}", from.display()))?;
-        }
-    }
     let written = Gpt2::from_dir(&args.out)?;
     println!(
         "wrote {} ({}, {} bytes of parameters in memory; was {} as {})",
