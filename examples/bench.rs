@@ -527,10 +527,13 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     model
         .forward_step(&past, None, &mut cache, logits, &mut trace)
         .expect("prompt");
-    // Each run starts from a copy of the cache, made outside the clock.
+    // Each run starts from a copy of the cache, made outside the clock, with
+    // room for the step's position (as `generate` reserves it): the copy has
+    // none, and growing it would copy the whole cache inside the clock.
     let step = (0..reps)
         .map(|_| {
             let mut cache = cache.clone();
+            cache.reserve(1);
             let start = Instant::now();
             model
                 .forward_step(&[7], None, &mut cache, logits, &mut trace)

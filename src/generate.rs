@@ -442,13 +442,17 @@ impl<'a> Generation<'a> {
                 .collect(),
             None => prompt.to_vec(),
         };
+        // Room for every position the generation can cache (the prompt, then
+        // each new token but the last, at most `n_positions`), made once: the
+        // steps then append without copying the cache.
+        let positions = (prompt.len() + options.max_new_tokens - 1).min(model.config.n_positions);
         Ok(Generation {
             model,
             tokenizer,
             interventions: &NO_INTERVENTIONS,
             rng: Rng::new(options.seed),
             options,
-            cache: KvCache::new(model.config.n_layer),
+            cache: KvCache::with_capacity(&model.config, positions),
             prompt_len: ids.len(),
             ids,
             logits: Array1::zeros(0),

@@ -611,3 +611,49 @@ fn meaningless_options_are_refused_with_a_reason() {
     let err = generate(&model, &tokenizer, &[50257], &GenerateOptions::default()).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+/// A cache made with room for the whole sequence is filled in place (its
+/// keys never move, its capacity never changes) and gives the bits of a
+/// cache that grows step by step; a cache of another width is refused.
+#[test]
+fn a_reserved_cache_fills_in_place_and_changes_nothing() {
+    let (model, _) = model();
+    let prompt = [464u32, 3290, 318, 257];
+    let new = 6;
+    let mut grown = KvCache::new(model.config.n_layer);
+    let mut reserved = KvCache::with_capacity(&model.config, prompt.len() + new);
+    assert_eq!(reserved.capacity(), prompt.len() + new);
+    assert_eq!(grown.capacity(), 0);
+    let step = |ids: &[u32], cache: &mut KvCache| {
+        model
+            .forward_step(ids, None, cache, Logits::Last, &mut Trace::off())
+            .unwrap()
+    };
+    let (a, b) = (step(&prompt, &mut grown), step(&prompt, &mut reserved));
+    assert_eq!(a, b);
+    let keys_at = reserved.keys_values(0).0.as_ptr();
+    let mut next = gpt2_ndarray::generate::argmax(a.row(0)) as u32;
+    for _ in 0..new {
+        let (a, b) = (step(&[next], &mut grown), step(&[next], &mut reserved));
+        assert_eq!(a, b, "the same logits, bit for bit");
+        next = gpt2_ndarray::generate::argmax(a.row(0)) as u32;
+    }
+    assert_eq!(reserved.len(), prompt.len() + new);
+    assert_eq!(reserved.capacity(), prompt.len() + new);
+    assert_eq!(
+        reserved.keys_values(0).0.as_ptr(),
+        keys_at,
+        "the keys moved"
+    );
+    for layer in 0..model.config.n_layer {
+        assert_eq!(grown.keys_values(layer), reserved.keys_values(layer));
+    }
+
+    let mut config = model.config.clone();
+    config.n_embd *= 2;
+    let mut foreign = KvCache::with_capacity(&config, 4);
+    let err = model
+        .forward_step(&prompt, None, &mut foreign, Logits::Last, &mut Trace::off())
+        .unwrap_err();
+    assert!(err.to_string().contains("width"), "{err}");
+}

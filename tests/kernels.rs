@@ -448,3 +448,54 @@ fn half_dot_products_equal_the_f32_ones() {
         }
     });
 }
+
+/// A decoding step's attention (one query over contiguous keys and values,
+/// no maps: the grouped one-query kernel) gives the bits of the general
+/// path (each head its own task; taken when the maps are asked for), at
+/// every level and thread count: keys around the `e·v` blocks of 64, heads
+/// not dividing the threads, padding keys, and a query that sees only
+/// padding.
+#[test]
+fn one_query_attention_equals_the_general_path_bit_for_bit() {
+    at_every_level(one_query_attention_at_this_level);
+}
+
+fn one_query_attention_at_this_level(level: Simd) {
+    use gpt2_ndarray::kernels::attend;
+    use ndarray::Array1;
+    for (n_head, d) in [(1, 8), (3, 5), (12, 64), (5, 16)] {
+        let c = n_head * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        for tk in [1, 2, 63, 64, 65, 128, 129, 200] {
+            let q = random(1, c, 20 + tk as u64);
+            let (k, v) = (random(tk, c, 21), random(tk, c, 22));
+            // No padding; left padding; every key padding (the query sees
+            // nothing: zeros).
+            for pad in [0, tk / 3, tk] {
+                let mask = Array1::from_shape_fn(tk, |j| j >= pad);
+                let key_mask = (pad > 0).then_some(mask.view());
+                let (general, _) =
+                    attend(q.view(), k.view(), v.view(), n_head, scale, key_mask, true);
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let (one, maps) = pool.install(|| {
+                        attend(q.view(), k.view(), v.view(), n_head, scale, key_mask, false)
+                    });
+                    assert!(maps.is_none());
+                    let same = one
+                        .iter()
+                        .zip(&general)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{n_head} heads of {d}, Tk={tk}, pad={pad}, {threads} threads at {level}: \
+                         {one:?} vs {general:?}"
+                    );
+                }
+            }
+        }
+    }
+}

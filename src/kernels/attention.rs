@@ -6,8 +6,9 @@ use rayon::prelude::*;
 #[cfg(doc)]
 use crate::reference;
 
-use super::fastmath::{self, exp_sum, max_lanes, scale_max};
-use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS};
+use super::fastmath::{self, dot, exp_sum, max_lanes, scale_max};
+use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
+use super::simd::simd_targets;
 
 /// One row of scores: the first `seen` scores are scaled (then
 /// padding keys set to `-inf`), the rest set to `-inf`. Returns the row's
@@ -67,6 +68,11 @@ pub fn attend(
     );
     assert!(tq <= tk, "attention: {tq} queries but only {tk} keys");
     let d = c / n_head;
+    if tq == 1 && !keep_maps {
+        if let Some(merged) = attend_one(q, k, v, n_head, scale, key_mask) {
+            return (merged, None);
+        }
+    }
     let mut merged = Array2::zeros((tq, c));
     let mut maps = keep_maps.then(|| AttentionMaps {
         scores: Array3::from_elem((n_head, tq, tk), f32::NEG_INFINITY),
@@ -190,6 +196,133 @@ fn attend_block(
     if let Some((_, probs)) = maps.as_mut() {
         for ((mut p, e), &inv) in probs.rows_mut().into_iter().zip(e.rows()).zip(&inv_sums) {
             p.zip_mut_with(&e, |p, &e| *p = e * inv);
+        }
+    }
+}
+
+/// [`attend`] for one query (a decoding step) over keys and values whose
+/// rows are contiguous (a [`KvCache`](crate::KvCache)'s): `q: [1, C]`,
+/// `k, v: [Tk, C]` → `[1, C]`. `None` unless `k` and `v` are row-major and
+/// contiguous (the caller then runs the general path).
+///
+/// The general path runs each head as its own task and reads its `d`
+/// columns of every cached row (`4·d` bytes, `4·C` apart); here a task takes
+/// a group of adjacent heads (as many groups as threads) and reads their
+/// columns of each row of `k`, then of `v`, front to back in one stretch,
+/// and the whole step is one parallel region instead of one per head.
+///
+/// Each number is computed by the same operations in the same order as on
+/// the general path (whose products are the matrix–vector kernels:
+/// `dot` for `q·kᵀ`; `e·v` in blocks of `GEMV_ROW_BLOCK` keys, each summed
+/// from zero one key after the other, the blocks then added in order), so
+/// the result is bit for bit the same, whatever the grouping, the thread
+/// count or the SIMD level.
+fn attend_one(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    n_head: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+) -> Option<Array2<f32>> {
+    let (c, tk) = (q.ncols(), k.nrows());
+    let d = c / n_head;
+    let (Some(k_all), Some(v_all)) = (k.as_slice(), v.as_slice()) else {
+        return None;
+    };
+    if tk == 0 || d == 0 {
+        return None;
+    }
+    let q = q.row(0).to_vec();
+    let per_task = n_head.div_ceil(rayon::current_num_threads()).max(1);
+    let mut merged = Array2::zeros((1, c));
+    let out = merged.as_slice_mut().expect("a fresh matrix is row-major");
+    out.par_chunks_mut(per_task * d)
+        .enumerate()
+        .for_each(|(g, out)| {
+            let heads = out.len() / d;
+            let col0 = g * per_task * d;
+            let mut e = vec![0.0f32; heads * tk];
+            one_query_heads(
+                &q[col0..col0 + heads * d],
+                &k_all[col0..],
+                &v_all[col0..],
+                c,
+                (d, tk, scale),
+                key_mask,
+                &mut e,
+                out,
+            );
+        });
+    Some(merged)
+}
+
+simd_targets! {
+    /// A group of `heads` adjacent heads of [`attend_one`]: `q` holds their
+    /// `heads·d` query columns, `e` (`[heads, tk]`) receives the unnormalised
+    /// probabilities, `out` (`heads·d`) the heads' outputs. `k` and `v`
+    /// start at the group's first column of their first row; rows are `ld`
+    /// apart.
+    #[allow(clippy::too_many_arguments)]
+    fn one_query_heads(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        ld: usize,
+        shape: (usize, usize, f32),
+        key_mask: Option<ArrayView1<bool>>,
+        e: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (d, tk, scale) = shape;
+        let width = q.len();
+        // q·kᵀ: each cached row's columns of these heads, in one stretch.
+        for j in 0..tk {
+            let k_row = &k[j * ld..j * ld + width];
+            for (h, (q_h, k_h)) in q.chunks_exact(d).zip(k_row.chunks_exact(d)).enumerate() {
+                e[h * tk + j] = dot(q_h, k_h);
+            }
+        }
+        // softmax numerators, and 1/Σ per head (0 if nothing is visible).
+        let mut inv = [0.0f32; 64];
+        let mut inv_sums = Vec::new();
+        let inv: &mut [f32] = if width / d <= inv.len() {
+            &mut inv[..width / d]
+        } else {
+            inv_sums.resize(width / d, 0.0);
+            &mut inv_sums
+        };
+        for (row, inv) in e.chunks_exact_mut(tk).zip(inv.iter_mut()) {
+            let max = scale_and_mask_row(row, tk, scale, key_mask);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                *inv = 0.0;
+            } else {
+                *inv = 1.0 / exp_sum(row, max);
+            }
+        }
+        // e·v: blocks of keys, each summed from zero key by key, then added
+        // in order; every row of `v` read in one stretch.
+        let mut partial = vec![0.0f32; width];
+        for j0 in (0..tk).step_by(GEMV_ROW_BLOCK) {
+            partial.fill(0.0);
+            for j in j0..(j0 + GEMV_ROW_BLOCK).min(tk) {
+                let v_row = &v[j * ld..j * ld + width];
+                for (h, (acc, v_h)) in partial.chunks_exact_mut(d).zip(v_row.chunks_exact(d)).enumerate() {
+                    let x = e[h * tk + j];
+                    for (a, &w) in acc.iter_mut().zip(v_h) {
+                        *a += x * w;
+                    }
+                }
+            }
+            if j0 == 0 {
+                out.copy_from_slice(&partial);
+            } else {
+                out.iter_mut().zip(&partial).for_each(|(o, &p)| *o += p);
+            }
+        }
+        for (out_h, &inv) in out.chunks_exact_mut(d).zip(inv.iter()) {
+            out_h.iter_mut().for_each(|o| *o *= inv);
         }
     }
 }

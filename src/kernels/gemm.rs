@@ -44,7 +44,7 @@ pub const GEMV_MAX_ROWS: usize = 4;
 pub const FEW_ROWS_MAX: usize = 32;
 
 /// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
-const GEMV_ROW_BLOCK: usize = 64;
+pub(crate) const GEMV_ROW_BLOCK: usize = 64;
 /// Columns per task in [`gemv_columns`].
 const GEMV_COLS: usize = 256;
 

@@ -645,6 +645,12 @@ impl Gpt2 {
             cache.layers(),
             cfg.n_layer
         );
+        ensure!(
+            cache.width() == 0 || cache.width() == cfg.n_embd,
+            "the cache holds keys of width {}, the model's are {} wide",
+            cache.width(),
+            cfg.n_embd
+        );
         let total = cache.len() + ids.len();
         ensure!(
             total <= cfg.n_positions,
