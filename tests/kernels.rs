@@ -1,7 +1,8 @@
 //! The fast matrix products against their reference twin (`reference::matmul`, `ndarray`'s `.dot`), for
 //! every path: few rows × row-contiguous matrix, few rows × column-contiguous
 //! matrix (a transposed view), 5–32 rows × a contiguous matrix (register
-//! tiles), many rows (tiled GEMM), odd sizes and strides.
+//! tiles), 5–32 rows × a column-contiguous matrix (the head's tiles of dot
+//! products), many rows (tiled GEMM), odd sizes and strides.
 //! And the results must not depend on the thread count, bit for bit.
 //!
 //! Every test runs at every SIMD level this CPU has (`kernels::simd`:
@@ -86,8 +87,9 @@ fn every_matmul_path_at_this_level(level: Simd) {
         (24, 200, 800),
         (31, 9, 390),
         (33, 20, 30), // one row past it: the GEMM
-        // Decoding batches times the tied head (a column-contiguous matrix,
-        // the GEMM): odd rows, several 256-column bands, the batch sizes 48-65.
+        // Decoding batches times the tied head (a column-contiguous matrix:
+        // the head's dot-product tiles up to 32 rows, then the GEMM): odd
+        // rows, several 256-column bands, the batch sizes 48-65.
         (7, 13, 259),
         (48, 768, 517),
         (64, 40, 70),
@@ -233,7 +235,10 @@ fn the_levels_agree_bit_for_bit() {
             if fused(best) && fused(level) {
                 assert_eq!(p, q, "{m} rows at {level} vs {best}");
             }
-            if *m <= 4 {
+            // Times a matrix with contiguous columns, up to 32 rows: the
+            // matrix–vector kernel's and the head's dot products, which
+            // never fuse.
+            if *m <= 32 {
                 assert_eq!(pt, qt, "{m} rows, bᵀ, at {level} vs {best}");
             }
         }
@@ -445,6 +450,52 @@ fn half_dot_products_equal_the_f32_ones() {
                 same(dot_lanes(&x, &yb), dot_lanes(&x, &upb)),
                 "bf16 {len} at {level}"
             );
+        }
+    });
+}
+
+/// The tied head of a batch (`[m, k]·wteᵀ`, a matrix with contiguous
+/// columns; `kernels::head` for 5 to `HEAD_MAX_ROWS` rows) gives every row
+/// the bits that row gets alone (the matrix–vector kernel of one row), for
+/// `f32`, `f16` and `bf16` weights: whole 4 × 4 tiles and the rows and
+/// columns past them, bands of 256 columns and a narrower last one, `k` not
+/// a multiple of 16, and one row past the kernel (the GEMM, only close).
+#[test]
+fn the_head_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
+    use gpt2_ndarray::kernels::gemm::HEAD_MAX_ROWS;
+    assert_eq!(HEAD_MAX_ROWS, 32, "update the shapes below");
+    at_every_level(|level| {
+        for (m, k, n) in [
+            (5, 16, 4),
+            (8, 768, 517),
+            (7, 13, 259),
+            (13, 33, 1000),
+            (16, 770, 300),
+            (31, 15, 7),
+            (32, 100, 513),
+        ] {
+            let a = random(m, k, 31);
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                let (w, upcast) = half_weight(n, k, 32, dtype);
+                let name = format!("[{m},{k}]·{dtype}[{n},{k}]ᵀ at {level}");
+                let batch = matmul_weight(a.view(), w.stored().t());
+                for t in 0..m {
+                    let alone = matmul_weight(a.slice(s![t..t + 1, ..]), w.stored().t());
+                    let differ = batch
+                        .row(t)
+                        .iter()
+                        .zip(alone.row(0))
+                        .filter(|(a, b)| !same(**a, **b))
+                        .count();
+                    assert_eq!(differ, 0, "{name}: row {t} is not the bits it gets alone");
+                }
+                assert_close(
+                    &name,
+                    batch.view().into_dyn(),
+                    reference_matmul(a.view(), upcast.t()).view().into_dyn(),
+                    tol(k),
+                );
+            }
         }
     });
 }

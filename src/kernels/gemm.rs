@@ -14,7 +14,10 @@
 //! prompt, a batch of decoding steps) each weight is still used only a few
 //! times, so packing it costs as much as the arithmetic; a third kernel keeps
 //! a 6 × 16 block of the output in registers (8 × 32 with AVX-512) and reads
-//! the weights where they lie, eight rows at a time.
+//! the weights where they lie, eight rows at a time. The tied head of a
+//! batch of decoding steps (5 to 32 rows times `wteᵀ`, whose columns are
+//! contiguous) has a kernel of its own (`kernels/head.rs`): tiles of dot
+//! products that read each row of `wte` once for every row of the batch.
 //!
 //! The crate's own kernels here run at the SIMD level of [`super::simd`]
 //! (AVX-512, AVX2 + FMA, AVX, portable/NEON); [`kernel_paths`] says which
@@ -43,6 +46,12 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// multiply–add.
 pub const FEW_ROWS_MAX: usize = 32;
 
+/// Products with at most this many rows (and more than [`GEMV_MAX_ROWS`])
+/// on the left and a matrix with contiguous columns on the right (`wteᵀ`,
+/// the tied head of a batch of decoding steps) use the tiled dot products of
+/// `kernels/head.rs`.
+pub const HEAD_MAX_ROWS: usize = 32;
+
 /// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
 pub(crate) const GEMV_ROW_BLOCK: usize = 64;
 /// Columns per task in [`gemv_columns`].
@@ -60,7 +69,7 @@ pub enum Output {
 impl Output {
     /// Put one finished sum `v` into its element of `c`.
     #[inline(always)]
-    fn store(self, c: &mut f32, v: f32) {
+    pub(super) fn store(self, c: &mut f32, v: f32) {
         match self {
             Output::Overwrite => *c = v,
             Output::Accumulate => *c += v,
@@ -152,6 +161,9 @@ fn product_of<E: Element>(
         if b.strides()[0] == 1 {
             return gemv_columns(a, b, c, output, threads);
         }
+    }
+    if m <= HEAD_MAX_ROWS && b.strides()[0] == 1 {
+        return super::head::dot_tiles(a, b, c, output, threads);
     }
     let level = simd::level();
     if m <= FEW_ROWS_MAX && level.fuses_multiply_add() {
@@ -245,6 +257,14 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
     vec![
         ("gemv (decoding, head)", level.to_string()),
         ("few rows (5–32)", few_rows),
+        (
+            "head, 5–32 rows (wteᵀ)",
+            if level == Simd::Avx512 {
+                format!("{level} (4 × 4 tile of dot products, intrinsics)")
+            } else {
+                format!("{level} (a dot product per column)")
+            },
+        ),
         ("gemm crate (many rows)", gemm_crate_isa().to_string()),
         ("softmax, GELU, layer norm", level.to_string()),
     ]
@@ -520,7 +540,10 @@ fn band_tiles_8x32(
 ) {
     use std::arch::x86_64::_mm512_storeu_ps;
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     const R: usize = 8;
+    /// How far ahead (in rows of `w`) the weights are prefetched.
+    const PREFETCH_ROWS: usize = 16;
     let groups = panels.len() / (k * R);
     for k0 in ks.clone().step_by(TILE_DEPTH) {
         let depth = TILE_DEPTH.min(ks.end - k0);
@@ -534,6 +557,15 @@ fn band_tiles_8x32(
                     .try_into()
                     .expect("32 columns")
             });
+            // Ask for this strip's rows PREFETCH_ROWS further down while
+            // these are multiplied: the weights stream from memory with the
+            // arithmetic instead of between it. (A hint: it never faults,
+            // and past the end of `w` it fetches nothing useful.)
+            for l in 0..TILE_DEPTH {
+                let ahead = w_block.as_ptr().wrapping_add((PREFETCH_ROWS + l) * ldw);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast::<i8>());
+            }
             for g in 0..groups {
                 let steps = &panels[(g * k + k0) * R..][..depth * R];
                 let tile = &mut tiles[(g * strips + s) * R..][..R];
@@ -687,8 +719,9 @@ fn scaled_row_passes<const R: usize, E: Element>(acc: &mut [f32], rows: ArrayVie
 simd_targets! {
     /// `c[t, j] (+)= rows[t] · b[:, j]` for one band of columns of `b`, each
     /// column contiguous: the dot products of [`gemv_columns`], in one loop
-    /// compiled for the CPU's widest vectors.
-    fn dot_columns<E: Element>(
+    /// compiled for the CPU's widest vectors (also the band of the batch
+    /// head, `kernels/head.rs`, below AVX-512).
+    pub(super) fn dot_columns<E: Element>(
         rows: &[&[f32]],
         b_band: ArrayView2<E>,
         c_band: ArrayViewMut2<f32>,
@@ -730,9 +763,31 @@ fn dot_columns_f16_avx512(
 fn gemv_columns<E: Element>(
     a: ArrayView2<f32>,
     b: ArrayView2<E>,
-    mut c: ArrayViewMut2<f32>,
+    c: ArrayViewMut2<f32>,
     output: Output,
     threads: Threads,
+) {
+    by_column_bands(a, b, c, GEMV_COLS, threads, |rows, b_band, c_band| {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(b_band), Simd::Avx512) = (E::view_f16(b_band), simd::level()) {
+            return dot_columns_f16_avx512(rows, b_band, c_band, output);
+        }
+        dot_columns(rows, b_band, c_band, output);
+    });
+}
+
+/// The frame of a product whose right matrix has contiguous columns
+/// ([`gemv_columns`], and the batch head's `head::dot_tiles`): the rows of
+/// `a` as slices, `b` and `c` split into bands of `width` columns (fixed, so
+/// the split does not depend on the thread count), and `band(rows, b_band,
+/// c_band)` run on each band — in parallel on the pool, or on the caller.
+pub(super) fn by_column_bands<E: Element>(
+    a: ArrayView2<f32>,
+    b: ArrayView2<E>,
+    mut c: ArrayViewMut2<f32>,
+    width: usize,
+    threads: Threads,
+    band: impl Fn(&[&[f32]], ArrayView2<E>, ArrayViewMut2<f32>) + Sync,
 ) {
     let a = a.as_standard_layout();
     let rows: Vec<&[f32]> = a
@@ -740,19 +795,13 @@ fn gemv_columns<E: Element>(
         .into_iter()
         .map(|r| r.to_slice().expect("standard layout"))
         .collect();
-    let band = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<E>)| {
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(b_band), Simd::Avx512) = (E::view_f16(b_band), simd::level()) {
-            return dot_columns_f16_avx512(&rows, b_band, c_band, output);
-        }
-        dot_columns(&rows, b_band, c_band, output);
-    };
+    let run = |(c_band, b_band): (ArrayViewMut2<f32>, ArrayView2<E>)| band(&rows, b_band, c_band);
     let (c_bands, b_bands) = (
-        c.axis_chunks_iter_mut(Axis(1), GEMV_COLS),
-        b.axis_chunks_iter(Axis(1), GEMV_COLS),
+        c.axis_chunks_iter_mut(Axis(1), width),
+        b.axis_chunks_iter(Axis(1), width),
     );
     match threads {
-        Threads::Pool => c_bands.into_par_iter().zip(b_bands).for_each(band),
-        Threads::Caller => c_bands.zip(b_bands).for_each(band),
+        Threads::Pool => c_bands.into_par_iter().zip(b_bands).for_each(run),
+        Threads::Caller => c_bands.zip(b_bands).for_each(run),
     }
 }

@@ -137,7 +137,7 @@ pub(super) fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
 /// `l + 2`, `l + 1`), so the same bits, without a call and a store per dot
 /// product (the head makes 50 257 of them per token).
 #[target_feature(enable = "avx512f")]
-fn fold_in_register(acc: __m512) -> f32 {
+pub(super) fn fold_in_register(acc: __m512) -> f32 {
     let low = _mm512_castps512_ps256(acc);
     let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
     let s8 = _mm256_add_ps(low, high);

@@ -11,7 +11,7 @@
 //!
 //! | kernel | replaces | proven equal by |
 //! |---|---|---|
-//! | [`linear::matmul`], [`gemm`] | [`reference::matmul`] | `tests/kernels.rs` |
+//! | [`linear::matmul`], [`gemm`] (and `head.rs`, the tied head of a batch of decoding steps) | [`reference::matmul`] | `tests/kernels.rs` |
 //! | [`linear::conv1d`] | [`reference::conv1d`] | `tests/kernels_vs_reference.rs` |
 //! | [`norm::layer_norm`] | [`reference::layer_norm`] | `tests/kernels_vs_reference.rs` |
 //! | [`softmax::softmax`] | [`reference::softmax`] | `tests/kernels_vs_reference.rs` |
@@ -37,6 +37,7 @@ pub mod fastmath;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod half_avx512;
+mod head;
 pub mod linear;
 pub mod norm;
 pub mod simd;

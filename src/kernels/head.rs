@@ -1,0 +1,202 @@
+//! The tied head for a batch of decoding steps: `c = a · wteᵀ` for a few
+//! rows of `a` (`[m, C]`, one per sequence) and a matrix whose **columns**
+//! are contiguous (`wteᵀ`: each column is a row of `wte [vocab, C]`).
+//!
+//! One row is [`gemv_columns`](super::gemm)' job: a dot product per output,
+//! each row of `wte` read once. With B rows that kernel would read every row
+//! of `wte` B times from the L1 cache, one dot product after the other, and a
+//! packed GEMM would first copy all of `wteᵀ` (154 MB in `f32` for GPT-2)
+//! into its own layout, every step. This kernel does B dot products per row
+//! of `wte` instead. With AVX-512, a register tile of 4 rows of `a` × 4
+//! rows of `wte` keeps 16 registers of 16 partial sums, so each piece of 16
+//! weights is loaded (and, for a half weight, widened) once and used by 4
+//! rows of `a`, and each piece of `a` by 4 rows of `wte`; the 4 rows of
+//! `wte` of a tile stay in the L1 cache while every group of 4 rows of `a`
+//! passes over them, and the next tile's rows are prefetched meanwhile, so
+//! each row of `wte` comes from memory once per step whatever B is. At the
+//! other levels (AVX2, AVX, portable/NEON) the band is the matrix–vector
+//! kernel's loop (one column at a time, its dot product with every row, the
+//! column in the L1 cache), compiled for the level: `wte` is still read from
+//! memory once, but without the register tile.
+//!
+//! **Summation order.** Every output is exactly
+//! [`fastmath::dot`](super::fastmath)'s sum — 16 lane sums
+//! `acc[l] += x[16i + l] · y[16i + l]` (a multiply, then an add: never
+//! fused), folded pairwise in the same fixed order, plus the last `k mod 16`
+//! products added in order — so it has the same bits as the matrix–vector
+//! kernel that takes at most [`GEMV_MAX_ROWS`](super::gemm::GEMV_MAX_ROWS)
+//! rows, at every SIMD level and for every element type: a sequence's
+//! logits in a batch of any size are the bits it gets alone. Each output is
+//! computed by one thread, and the split into bands of columns depends on
+//! the shapes only, so the result does not depend on the thread count.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::convert::Element;
+use super::fastmath::{dot, LANES};
+use super::gemm::{by_column_bands, dot_columns, Output, Threads};
+use super::simd::{self, Simd};
+
+/// Columns of `b` (rows of `wte`) per task: fixed, so that the split does
+/// not depend on the thread count.
+const HEAD_BAND: usize = 256;
+
+/// `c (+)= a · b` for `a: [m, k]` and `b: [k, n]` with contiguous columns
+/// (`b.strides()[0] == 1`), every output the [`dot`] of a row of `a` and a
+/// column of `b`.
+pub(super) fn dot_tiles<E: Element>(
+    a: ArrayView2<f32>,
+    b: ArrayView2<E>,
+    c: ArrayViewMut2<f32>,
+    output: Output,
+    threads: Threads,
+) {
+    debug_assert_eq!(b.strides()[0], 1, "columns of b contiguous");
+    let level = simd::level();
+    by_column_bands(a, b, c, HEAD_BAND, threads, |rows, b_band, c_band| {
+        #[cfg(target_arch = "x86_64")]
+        if level == Simd::Avx512 {
+            let columns: Vec<&[E]> = b_band
+                .columns()
+                .into_iter()
+                .map(|col| col.to_slice().expect("unit row stride"))
+                .collect();
+            // SAFETY: the level is `Avx512` only on a CPU that was detected
+            // to have AVX-512 F (see `simd::level`).
+            return unsafe { band_avx512(rows, &columns, c_band, output) };
+        }
+        let _ = level;
+        // Below AVX-512: the matrix–vector kernel's loop, column by column,
+        // each column's dot product with every row (the column stays in the
+        // L1 cache while the rows pass over it).
+        dot_columns(rows, b_band, c_band, output)
+    });
+}
+
+/// Rows of `a` in one AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const RA: usize = 4;
+/// Rows of `wte` (columns of `wteᵀ`) in one AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const RW: usize = 4;
+
+/// The band of [`dot_tiles`] with AVX-512: `c[t, j] (+)= dot(rows[t],
+/// columns[j])` in tiles of [`RA`] rows × [`RW`] columns, the rows and
+/// columns past the last whole tile one [`dot`] at a time (the same sum).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn band_avx512<E: Element>(
+    rows: &[&[f32]],
+    columns: &[&[E]],
+    mut c: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    let (m, n) = (rows.len(), columns.len());
+    let (m_tiled, n_tiled) = (m / RA * RA, n / RW * RW);
+    for j0 in (0..n_tiled).step_by(RW) {
+        let ys: [&[E]; RW] = std::array::from_fn(|j| columns[j0 + j]);
+        // The next tile's rows of `wte`, fetched while the first group of
+        // rows runs on this one (the last tile of the band fetches nothing).
+        let next: Option<[&[E]; RW]> =
+            (j0 + 2 * RW <= n_tiled).then(|| std::array::from_fn(|j| columns[j0 + RW + j]));
+        for t0 in (0..m_tiled).step_by(RA) {
+            let xs: [&[f32]; RA] = std::array::from_fn(|i| rows[t0 + i]);
+            let sums = tile_avx512(xs, ys, if t0 == 0 { next } else { None });
+            for (i, sums) in sums.iter().enumerate() {
+                for (j, &v) in sums.iter().enumerate() {
+                    output.store(&mut c[[t0 + i, j0 + j]], v);
+                }
+            }
+        }
+        for t in m_tiled..m {
+            for (j, y) in ys.iter().enumerate() {
+                output.store(&mut c[[t, j0 + j]], dot(rows[t], y));
+            }
+        }
+    }
+    for j in n_tiled..n {
+        for (t, x) in rows.iter().enumerate() {
+            output.store(&mut c[[t, j]], dot(x, columns[j]));
+        }
+    }
+}
+
+/// Sixteen values of `y` from `y[p]`, widened to `f32`.
+///
+/// # Safety
+///
+/// `p + 16 <= y.len()`, and the CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_loadu_ps};
+    debug_assert!(p + LANES <= y.len());
+    // SAFETY (all three): the caller guarantees that 16 values from `p` are
+    // inside `y`; unaligned loads need no alignment; AVX-512 F is there.
+    unsafe {
+        if let Some(y) = E::slice_f32(y) {
+            _mm512_loadu_ps(y.as_ptr().add(p))
+        } else if let Some(y) = E::slice_f16(y) {
+            _mm512_cvtph_ps(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()))
+        } else {
+            let piece: [f32; LANES] = std::array::from_fn(|l| y.get_unchecked(p + l).to_f32());
+            _mm512_loadu_ps(piece.as_ptr())
+        }
+    }
+}
+
+/// The `RA × RW` dot products of `xs` and `ys` with AVX-512: [`dot`]'s 16
+/// lane sums, one register each (`acc + x·y`, the multiply rounded, then the
+/// add), folded pairwise in [`dot`]'s order, plus the tail in order. Per
+/// piece of 16: `RW` loads of `wte` (widened once), `RA` loads of `a`, and
+/// `RA · RW` multiplies and adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tile_avx512<E: Element>(
+    xs: [&[f32]; RA],
+    ys: [&[E]; RW],
+    next: Option<[&[E]; RW]>,
+) -> [[f32; RW]; RA] {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_setzero_ps, _mm_prefetch,
+        _MM_HINT_T0,
+    };
+    let k = xs[0].len();
+    for x in xs {
+        assert_eq!(x.len(), k, "dot_lanes: lengths differ");
+    }
+    for y in ys {
+        assert_eq!(y.len(), k, "dot_lanes: lengths differ");
+    }
+    let full = k / LANES * LANES;
+    let mut acc = [[_mm512_setzero_ps(); RW]; RA];
+    for p in (0..full).step_by(LANES) {
+        // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
+        // above); unaligned loads need no alignment; AVX-512 F is enabled.
+        unsafe {
+            if let Some(next) = next {
+                for y in next {
+                    // A hint, never a fault: the address need not be valid.
+                    _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(p).cast::<i8>());
+                }
+            }
+            let y: [__m512; RW] = std::array::from_fn(|j| load16(ys[j], p));
+            for i in 0..RA {
+                let x = _mm512_loadu_ps(xs[i].as_ptr().add(p));
+                for j in 0..RW {
+                    acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_mul_ps(x, y[j]));
+                }
+            }
+        }
+    }
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let tail: f32 = xs[i][full..]
+                .iter()
+                .zip(&ys[j][full..])
+                .map(|(a, b)| a * b.to_f32())
+                .sum();
+            super::half_avx512::fold_in_register(acc[i][j]) + tail
+        })
+    })
+}
