@@ -116,13 +116,19 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 }
 
 /// `dst[i] = src[i]` widened to `f32` (the slices have one length); `f16`
-/// with AVX-512's `vcvtph2ps` where the level is AVX-512.
+/// with `vcvtph2ps` where the level is AVX-512 or AVX2 (F16C).
 pub fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(src), Simd::Avx512) = (E::slice_f16(src), level()) {
-        // SAFETY: the level is `Avx512` only on a CPU that was detected to
-        // have AVX-512 F (`simd::level`).
-        return unsafe { super::half_avx512::widen_f16(src, dst) };
+    if let Some(src) = E::slice_f16(src) {
+        match level() {
+            // SAFETY: the level is `Avx512` only on a CPU that was detected
+            // to have AVX-512 F (`simd::level`).
+            Simd::Avx512 => return unsafe { super::half_avx512::widen_f16(src, dst) },
+            // SAFETY: the level is `Avx2` (or above) only on a CPU that was
+            // detected to have AVX2 and F16C (`simd::level`).
+            Simd::Avx2 => return unsafe { super::half_f16c::widen_f16(src, dst) },
+            _ => {}
+        }
     }
     widen_lanes(src, dst)
 }

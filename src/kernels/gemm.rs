@@ -672,21 +672,32 @@ simd_targets! {
     }
 }
 
-/// [`add_scaled_rows`], or its AVX-512 twin for `f16` weights (the same
-/// arithmetic, with the hardware conversion).
+/// [`add_scaled_rows`], or its AVX-512 or AVX2 twin for `f16` weights (the
+/// same arithmetic, with the hardware conversion).
 fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(rows), Simd::Avx512) = (E::view_f16(rows), simd::level()) {
-        use super::half_avx512::scaled_row_passes_f16;
-        // SAFETY: the level is `Avx512` only on a CPU that was detected to
-        // have AVX-512 F (`simd::level`).
-        return unsafe {
-            if acc.len() <= NARROW {
-                scaled_row_passes_f16::<1>(acc, rows, xs)
-            } else {
-                scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs)
-            }
-        };
+    if let Some(rows) = E::view_f16(rows) {
+        use super::{half_avx512, half_f16c};
+        let narrow = acc.len() <= NARROW;
+        match simd::level() {
+            // SAFETY: the level is `Avx512` only on a CPU that was detected
+            // to have AVX-512 F (`simd::level`).
+            Simd::Avx512 => unsafe {
+                return match narrow {
+                    true => half_avx512::scaled_row_passes_f16::<1>(acc, rows, xs),
+                    false => half_avx512::scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs),
+                };
+            },
+            // SAFETY: the level is `Avx2` only on a CPU that was detected to
+            // have AVX2 and F16C (`simd::level`).
+            Simd::Avx2 => unsafe {
+                return match narrow {
+                    true => half_f16c::scaled_row_passes_f16::<1>(acc, rows, xs),
+                    false => half_f16c::scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs),
+                };
+            },
+            _ => {}
+        }
     }
     add_scaled_rows(acc, rows, xs)
 }
@@ -737,24 +748,32 @@ simd_targets! {
     }
 }
 
-/// [`dot_columns`] for `f16` columns with AVX-512's conversion
-/// (`half_avx512::dot_f16`, the same arithmetic).
+/// [`dot_columns`] for `f16` columns with the hardware conversion of the
+/// level (`half_avx512::dot_f16` or `half_f16c::dot_f16`: the same
+/// arithmetic); `None` below AVX2.
 #[cfg(target_arch = "x86_64")]
-fn dot_columns_f16_avx512(
+fn dot_columns_f16(
     rows: &[&[f32]],
     b_band: ArrayView2<half::f16>,
     mut c_band: ArrayViewMut2<f32>,
     output: Output,
-) {
+) -> Option<()> {
+    let dot_f16: unsafe fn(&[f32], &[half::f16]) -> f32 = match simd::level() {
+        Simd::Avx512 => super::half_avx512::dot_f16,
+        Simd::Avx2 => super::half_f16c::dot_f16,
+        _ => return None,
+    };
     for (j, column) in b_band.columns().into_iter().enumerate() {
         let column = column.to_slice().expect("unit row stride");
         for (t, row) in rows.iter().enumerate() {
-            // SAFETY: called only when the level is `Avx512`, which is set
-            // only on a CPU detected to have AVX-512 F (`simd::level`).
-            let v = unsafe { super::half_avx512::dot_f16(row, column) };
+            // SAFETY: `dot_f16` is the AVX-512 function only when the level
+            // is `Avx512`, the AVX2 + F16C one only when it is `Avx2`, and
+            // `simd::level` is a level only on a CPU detected to have it.
+            let v = unsafe { dot_f16(row, column) };
             output.store(&mut c_band[[t, j]], v);
         }
     }
+    Some(())
 }
 
 /// A few rows times a matrix whose columns are contiguous (`wteᵀ`, or `kᵀ`
@@ -767,10 +786,12 @@ fn gemv_columns<E: Element>(
     output: Output,
     threads: Threads,
 ) {
-    by_column_bands(a, b, c, GEMV_COLS, threads, |rows, b_band, c_band| {
+    by_column_bands(a, b, c, GEMV_COLS, threads, |rows, b_band, mut c_band| {
         #[cfg(target_arch = "x86_64")]
-        if let (Some(b_band), Simd::Avx512) = (E::view_f16(b_band), simd::level()) {
-            return dot_columns_f16_avx512(rows, b_band, c_band, output);
+        if let Some(b_band) = E::view_f16(b_band) {
+            if dot_columns_f16(rows, b_band, c_band.view_mut(), output).is_some() {
+                return;
+            }
         }
         dot_columns(rows, b_band, c_band, output);
     });

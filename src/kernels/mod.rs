@@ -37,6 +37,8 @@ pub mod fastmath;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod half_avx512;
+#[cfg(target_arch = "x86_64")]
+mod half_f16c;
 mod head;
 pub mod linear;
 pub mod norm;

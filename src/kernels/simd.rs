@@ -30,7 +30,8 @@ pub enum Simd {
     Portable = 1,
     /// x86-64 with AVX (256-bit vectors, no FMA).
     Avx = 2,
-    /// x86-64 with AVX2 and FMA.
+    /// x86-64 with AVX2, FMA and F16C (`f16` ↔ `f32` conversion in
+    /// hardware, which every CPU with AVX2 and FMA has: x86-64-v3).
     Avx2 = 3,
     /// x86-64 with AVX-512 (F, BW, DQ, VL) as well as AVX2 and FMA.
     Avx512 = 4,
@@ -69,6 +70,7 @@ impl Simd {
             Simd::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => {
