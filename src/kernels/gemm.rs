@@ -259,10 +259,10 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         ("few rows (5–32)", few_rows),
         (
             "head, 5–32 rows (wteᵀ)",
-            if level == Simd::Avx512 {
-                format!("{level} (4 × 4 tile of dot products, intrinsics)")
-            } else {
-                format!("{level} (a dot product per column)")
+            match level {
+                Simd::Avx512 => format!("{level} (4 × 4 tile of dot products, intrinsics)"),
+                Simd::Avx2 => format!("{level} (2 × 2 tile of dot products, intrinsics)"),
+                _ => format!("{level} (a dot product per column)"),
             },
         ),
         ("gemm crate (many rows)", gemm_crate_isa().to_string()),

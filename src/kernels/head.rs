@@ -13,11 +13,14 @@
 //! rows of `a`, and each piece of `a` by 4 rows of `wte`; the 4 rows of
 //! `wte` of a tile stay in the L1 cache while every group of 4 rows of `a`
 //! passes over them, and the next tile's rows are prefetched meanwhile, so
-//! each row of `wte` comes from memory once per step whatever B is. At the
-//! other levels (AVX2, AVX, portable/NEON) the band is the matrix–vector
-//! kernel's loop (one column at a time, its dot product with every row, the
-//! column in the L1 cache), compiled for the level: `wte` is still read from
-//! memory once, but without the register tile.
+//! each row of `wte` comes from memory once per step whatever B is. With
+//! AVX2 (16 registers of 8 lanes) the tile is 2 rows of `a` × 2 rows of
+//! `wte`, each sum's 16 lanes in two registers: eight chains of adds, enough
+//! to hide their latency, which a single dot product (two chains) cannot. At the other levels (AVX,
+//! portable/NEON) the band is the matrix–vector kernel's loop (one column at
+//! a time, its dot product with every row, the column in the L1 cache),
+//! compiled for the level: `wte` is still read from memory once, but without
+//! the register tile.
 //!
 //! **Summation order.** Every output is exactly
 //! [`fastmath::dot`](super::fastmath)'s sum — 16 lane sums
@@ -33,7 +36,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::convert::Element;
-use super::fastmath::{dot, LANES};
+use super::fastmath::{dot_lanes, LANES};
 use super::gemm::{by_column_bands, dot_columns, Output, Threads};
 use super::simd::{self, Simd};
 
@@ -42,7 +45,7 @@ use super::simd::{self, Simd};
 const HEAD_BAND: usize = 256;
 
 /// `c (+)= a · b` for `a: [m, k]` and `b: [k, n]` with contiguous columns
-/// (`b.strides()[0] == 1`), every output the [`dot`] of a row of `a` and a
+/// (`b.strides()[0] == 1`), every output the [`dot`](super::fastmath::dot) of a row of `a` and a
 /// column of `b`.
 pub(super) fn dot_tiles<E: Element>(
     a: ArrayView2<f32>,
@@ -55,41 +58,46 @@ pub(super) fn dot_tiles<E: Element>(
     let level = simd::level();
     by_column_bands(a, b, c, HEAD_BAND, threads, |rows, b_band, c_band| {
         #[cfg(target_arch = "x86_64")]
-        if level == Simd::Avx512 {
+        if level >= Simd::Avx2 {
             let columns: Vec<&[E]> = b_band
                 .columns()
                 .into_iter()
                 .map(|col| col.to_slice().expect("unit row stride"))
                 .collect();
-            // SAFETY: the level is `Avx512` only on a CPU that was detected
-            // to have AVX-512 F (see `simd::level`).
-            return unsafe { band_avx512(rows, &columns, c_band, output) };
+            return match level {
+                Simd::Avx512 => band_tiles(rows, &columns, c_band, output, |xs, ys, next| {
+                    // SAFETY: the level is `Avx512` only on a CPU that was
+                    // detected to have AVX-512 F (see `simd::level`).
+                    unsafe { tile_avx512(xs, ys, next) }
+                }),
+                _ => band_tiles(rows, &columns, c_band, output, |xs, ys, next| {
+                    // SAFETY: the level is `Avx2` only on a CPU that was
+                    // detected to have AVX2 and F16C (see `simd::level`).
+                    unsafe { tile_avx2::<E, RA_AVX2>(xs, ys, next) }
+                }),
+            };
         }
         let _ = level;
-        // Below AVX-512: the matrix–vector kernel's loop, column by column,
+        // Below AVX2: the matrix–vector kernel's loop, column by column,
         // each column's dot product with every row (the column stays in the
         // L1 cache while the rows pass over it).
         dot_columns(rows, b_band, c_band, output)
     });
 }
 
-/// Rows of `a` in one AVX-512 tile.
+/// One band of [`dot_tiles`] in register tiles: `c[t, j] (+)= dot(rows[t],
+/// columns[j])`, `tile` computing `RA` rows × `RW` columns at once (and
+/// prefetching the next tile's columns when it is given them), the rows and
+/// columns past the last whole tile one [`dot_lanes`] at a time (the same
+/// sum). Each tile's columns stay in the L1 cache while every group of rows
+/// passes over them.
 #[cfg(target_arch = "x86_64")]
-const RA: usize = 4;
-/// Rows of `wte` (columns of `wteᵀ`) in one AVX-512 tile.
-#[cfg(target_arch = "x86_64")]
-const RW: usize = 4;
-
-/// The band of [`dot_tiles`] with AVX-512: `c[t, j] (+)= dot(rows[t],
-/// columns[j])` in tiles of [`RA`] rows × [`RW`] columns, the rows and
-/// columns past the last whole tile one [`dot`] at a time (the same sum).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn band_avx512<E: Element>(
+fn band_tiles<E: Element, const RA: usize, const RW: usize>(
     rows: &[&[f32]],
     columns: &[&[E]],
     mut c: ArrayViewMut2<f32>,
     output: Output,
+    tile: impl Fn([&[f32]; RA], [&[E]; RW], Option<[&[E]; RW]>) -> [[f32; RW]; RA],
 ) {
     let (m, n) = (rows.len(), columns.len());
     let (m_tiled, n_tiled) = (m / RA * RA, n / RW * RW);
@@ -101,7 +109,7 @@ fn band_avx512<E: Element>(
             (j0 + 2 * RW <= n_tiled).then(|| std::array::from_fn(|j| columns[j0 + RW + j]));
         for t0 in (0..m_tiled).step_by(RA) {
             let xs: [&[f32]; RA] = std::array::from_fn(|i| rows[t0 + i]);
-            let sums = tile_avx512(xs, ys, if t0 == 0 { next } else { None });
+            let sums = tile(xs, ys, if t0 == 0 { next } else { None });
             for (i, sums) in sums.iter().enumerate() {
                 for (j, &v) in sums.iter().enumerate() {
                     output.store(&mut c[[t0 + i, j0 + j]], v);
@@ -110,16 +118,23 @@ fn band_avx512<E: Element>(
         }
         for t in m_tiled..m {
             for (j, y) in ys.iter().enumerate() {
-                output.store(&mut c[[t, j0 + j]], dot(rows[t], y));
+                output.store(&mut c[[t, j0 + j]], dot_lanes(rows[t], y));
             }
         }
     }
     for j in n_tiled..n {
         for (t, x) in rows.iter().enumerate() {
-            output.store(&mut c[[t, j]], dot(x, columns[j]));
+            output.store(&mut c[[t, j]], dot_lanes(x, columns[j]));
         }
     }
 }
+
+/// Rows of `a` in one AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const RA: usize = 4;
+/// Rows of `wte` (columns of `wteᵀ`) in one AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const RW: usize = 4;
 
 /// Sixteen values of `y` from `y[p]`, widened to `f32`.
 ///
@@ -145,9 +160,9 @@ unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
     }
 }
 
-/// The `RA × RW` dot products of `xs` and `ys` with AVX-512: [`dot`]'s 16
+/// The `RA × RW` dot products of `xs` and `ys` with AVX-512: [`dot`](super::fastmath::dot)'s 16
 /// lane sums, one register each (`acc + x·y`, the multiply rounded, then the
-/// add), folded pairwise in [`dot`]'s order, plus the tail in order. Per
+/// add), folded pairwise in [`dot`](super::fastmath::dot)'s order, plus the tail in order. Per
 /// piece of 16: `RW` loads of `wte` (widened once), `RA` loads of `a`, and
 /// `RA · RW` multiplies and adds.
 #[cfg(target_arch = "x86_64")]
@@ -199,4 +214,104 @@ fn tile_avx512<E: Element>(
             super::half_avx512::fold_in_register(acc[i][j]) + tail
         })
     })
+}
+
+/// Rows of `a` in one AVX2 tile.
+#[cfg(target_arch = "x86_64")]
+const RA_AVX2: usize = 2;
+/// Rows of `wte` (columns of `wteᵀ`) in one AVX2 tile.
+#[cfg(target_arch = "x86_64")]
+const RW_AVX2: usize = 2;
+
+/// Eight values of `y` from `y[p]`, widened to `f32`.
+///
+/// # Safety
+///
+/// `p + 8 <= y.len()`, and the CPU has AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load8<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::{
+        __m128i, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_loadu_ps, _mm256_slli_epi32,
+        _mm_loadu_si128,
+    };
+    debug_assert!(p + 8 <= y.len());
+    // SAFETY (all three): the caller guarantees that 8 values from `p` are
+    // inside `y`; unaligned loads need no alignment; AVX2 and F16C are there.
+    unsafe {
+        if let Some(y) = E::slice_f32(y) {
+            _mm256_loadu_ps(y.as_ptr().add(p))
+        } else if let Some(y) = E::slice_f16(y) {
+            super::half_f16c::load_halves(y, p)
+        } else {
+            // bf16: its bits are the high half of the f32's.
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(y.as_ptr().add(p).cast::<__m128i>()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
+    }
+}
+
+/// The `R × RW_AVX2` dot products of `xs` and `ys` with AVX2: [`dot`](super::fastmath::dot)'s 16
+/// lane sums as two registers of 8 each (`acc + x·y`, the multiply rounded,
+/// then the add), folded pairwise in [`dot`](super::fastmath::dot)'s order, plus the tail in order.
+/// Per piece of 16: `2 · RW_AVX2` loads of `wte` (widened once), `2 · R`
+/// loads of `a`, and `2 · R · RW_AVX2` multiplies and adds — eight
+/// independent sums in flight for `R = 2`, enough to hide the adds' latency,
+/// and few enough registers (8 sums, 2 + 2 loads, a product) that none
+/// spills to the stack.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn tile_avx2<E: Element, const R: usize>(
+    xs: [&[f32]; R],
+    ys: [&[E]; RW_AVX2],
+    next: Option<[&[E]; RW_AVX2]>,
+) -> [[f32; RW_AVX2]; R] {
+    use std::arch::x86_64::{
+        __m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm_prefetch,
+        _MM_HINT_T0,
+    };
+    let k = xs[0].len();
+    for x in xs {
+        assert_eq!(x.len(), k, "dot_lanes: lengths differ");
+    }
+    for y in ys {
+        assert_eq!(y.len(), k, "dot_lanes: lengths differ");
+    }
+    let full = k / LANES * LANES;
+    // The sums of row i and column j: lanes 0–7 in low[i][j], 8–15 in high[i][j].
+    let mut low = [[_mm256_setzero_ps(); RW_AVX2]; R];
+    let mut high = low;
+    for p in (0..full).step_by(LANES) {
+        // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
+        // above); unaligned loads need no alignment; AVX2 and F16C are enabled.
+        unsafe {
+            if let Some(next) = next {
+                for y in next {
+                    // A hint, never a fault: the address need not be valid.
+                    _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(p).cast::<i8>());
+                }
+            }
+            for (acc, q) in [(&mut low, p), (&mut high, p + LANES / 2)] {
+                let y: [__m256; RW_AVX2] = std::array::from_fn(|j| load8(ys[j], q));
+                for i in 0..R {
+                    let x = _mm256_loadu_ps(xs[i].as_ptr().add(q));
+                    for j in 0..RW_AVX2 {
+                        acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(x, y[j]));
+                    }
+                }
+            }
+        }
+    }
+    let mut sums = [[0.0f32; RW_AVX2]; R];
+    for i in 0..R {
+        for j in 0..RW_AVX2 {
+            let tail: f32 = xs[i][full..]
+                .iter()
+                .zip(&ys[j][full..])
+                .map(|(a, b)| a * b.to_f32())
+                .sum();
+            sums[i][j] = super::half_f16c::fold_pair(low[i][j], high[i][j]) + tail;
+        }
+    }
+    sums
 }
