@@ -36,9 +36,12 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::convert::Element;
+#[cfg(target_arch = "x86_64")]
 use super::fastmath::{dot_lanes, LANES};
 use super::gemm::{by_column_bands, dot_columns, Output, Threads};
-use super::simd::{self, Simd};
+use super::simd;
+#[cfg(target_arch = "x86_64")]
+use super::simd::Simd;
 
 /// Columns of `b` (rows of `wte`) per task: fixed, so that the split does
 /// not depend on the thread count.
