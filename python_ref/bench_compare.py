@@ -7,10 +7,13 @@ back, or with `--no-run` only reads the JSON they wrote (same schema), and:
 * checks the performance targets (at 2 threads unless said otherwise) and
   prints PASS/FAIL for each;
 * writes its sections of `docs/bench.md` (tables, targets, date, CPU,
-  versions; the half-precision weights) between their markers
-  (`<!-- bench_compare:begin -->`, `<!-- half-precision:begin -->`, ...),
-  leaving hand-written sections as they are, and `docs/bench.png` (the
-  ratios as a bar chart).
+  versions; the half-precision weights) between their markers, one pair per
+  kind of CPU (`<!-- bench_compare:avx512:begin -->`,
+  `<!-- half-precision:avx2:begin -->`, ...: the instruction set the
+  crate's GEMM ran with, read from the Rust JSON), so a run on an AVX2-only
+  machine leaves the AVX-512 machine's figures standing, and hand-written
+  sections as they are; and `docs/bench-{kind}.png` (the ratios as a bar
+  chart).
 
 Usage, from anywhere in the repository:
 
@@ -238,6 +241,14 @@ def targets(rust: dict, torch: dict) -> list[Target]:
     return out
 
 
+def cpu_kind(rust: dict) -> tuple[str, str]:
+    """The kind of CPU a Rust JSON was measured on, as a marker suffix and a
+    heading: by the instruction set the `gemm` crate's kernels ran with."""
+    isa = rust.get("kernels", {}).get("gemm crate (many rows)", "")
+    return {"avx512f": ("avx512", "AVX-512"), "avx2+fma": ("avx2", "AVX2 + FMA, no AVX-512"),
+            "neon": ("neon", "ARM NEON")}.get(isa, ("other", f"kernels: {isa or '?'}"))
+
+
 def run_at(report: dict, threads: int) -> dict | None:
     return next((r for r in report["runs"] if r["threads"] == threads), None)
 
@@ -258,7 +269,9 @@ def run_benches(args) -> None:
                            "--threads", args.threads, "--json", str(path)]
             else:
                 command = [sys.executable, "python_ref/bench_torch.py",
-                           "--threads", args.threads, "--json", str(path), "--half"]
+                           "--threads", args.threads, "--json", str(path)]
+                if not args.no_torch_half:
+                    command.append("--half")
             if args.quick:
                 command.append("--quick")
             print(f"$ [round {k + 1}/{args.rounds}]", " ".join(command), file=sys.stderr, flush=True)
@@ -445,8 +458,9 @@ def environment(torch: dict, rust: dict | None = None) -> dict[str, str]:
 
 def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], png: Path) -> None:
     env = environment(torch, rust)
+    kind, title = cpu_kind(rust)
     parts = [
-        "# Benchmark: gpt2-ndarray vs transformers",
+        f"## On a CPU with {title}",
         "",
         "GPT-2 small (124M parameters, fp32) with random weights, on the CPU;"
         " written by `python_ref/bench_compare.py` from `target/bench-rust.json`"
@@ -477,7 +491,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         r, t = run_at(rust, threads), run_at(torch, threads)
         parts += [
             "",
-            f"## {threads} thread{'s' if threads > 1 else ''}",
+            f"### {threads} thread{'s' if threads > 1 else ''}",
             "",
             f"Machine as each side measured it: read bandwidth {r['machine']['read_bandwidth_gbs']:.1f} GB/s"
             f" (Rust) / {t['machine']['read_bandwidth_gbs']:.1f} GB/s (torch); f32 matmul"
@@ -490,7 +504,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         ]
     parts += [
         "",
-        "## Peak memory",
+        "### Peak memory",
         "",
         "Peak RSS (VmHWM) of a fresh process that loads the model, prefills T=1024 and"
         " generates 128 tokens after an 896-token prompt, at the default thread count:",
@@ -499,7 +513,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         f"- transformers: {torch['peak_rss_mb']:.0f} MB ({torch.get('peak_rss_variant', '')}; includes"
         " the Python interpreter and libtorch)",
         "",
-        "## Targets",
+        "### Targets",
         "",
         "| target | measured | result |",
         "|---|---:|---|",
@@ -510,7 +524,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
         f"![Rust time ÷ transformers time per case]({png.name})",
         "",
     ]
-    replace_section(path, "bench_compare", "\n".join(parts))
+    replace_section(path, f"bench_compare:{kind}", "\n".join(parts))
 
 
 def replace_section(path: Path, name: str, text: str) -> None:
@@ -616,13 +630,16 @@ def half_rows(rust: dict, torch: dict, threads: int) -> tuple[list[list[str]], l
 
 def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
     """The half-precision section of docs/bench.md (its own markers)."""
-    parts = ["## Half-precision weights (f16, bf16)", "",
+    kind, title = cpu_kind(rust)
+    parts = [f"## Half-precision weights (f16, bf16), on a CPU with {title}", "",
              "The same random GPT-2 small, converted once (`Gpt2::save_safetensors`) and loaded as"
              " stored; every dtype measured back to back at each thread count by `examples/bench.rs`."
              " The fraction of read bandwidth counts the bytes a decoding step actually reads (the"
-             " matrices in their dtype). transformers: `GPT2LMHeadModel` loaded with"
-             " `dtype=torch.float16` / `torch.bfloat16`, the fastest of its attention and head"
-             " variants (`python_ref/bench_torch.py --half`)."]
+             " matrices in their dtype). "
+             + ("transformers: `GPT2LMHeadModel` loaded with `dtype=torch.float16` /"
+                " `torch.bfloat16`, the fastest of its attention and head variants"
+                " (`python_ref/bench_torch.py --half`)." if torch.get("half") else
+                "transformers' half-precision cases were not run (`--no-torch-half`).")]
     checks = []
     for threads in sorted({r["threads"] for r in rust["runs"]}):
         rows, c = half_rows(rust, torch, threads)
@@ -636,7 +653,7 @@ def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
                   *[f"| {c.description} | {c.measured} | {'PASS' if c.ok else '**FAIL**'} |"
                     for c in checks]]
     if len(parts) > 3:
-        replace_section(path, "half-precision", "\n".join(parts))
+        replace_section(path, f"half-precision:{kind}", "\n".join(parts))
     return checks
 
 
@@ -645,7 +662,7 @@ def floor_section(rust: dict, torch: dict) -> list[str]:
     if not lows:
         return []
     return [
-        "## What the machine allows the prompts",
+        "### What the machine allows the prompts",
         "",
         "The least arithmetic each prompt case needs (projections and MLP at every position but"
         " the last block's, causal attention, the head at the last position), at the best f32"
@@ -695,7 +712,8 @@ def write_chart(path: Path, rust: dict, torch: dict) -> None:
     ax.plot([], [], "k--", linewidth=1, label="target (2 threads)")
     ax.set_xticks(range(len(CASES)), labels, fontsize=8)
     ax.set_ylabel("Rust time ÷ transformers time")
-    ax.set_title("gpt2-ndarray vs transformers, GPT-2 small fp32 (below 1: Rust is faster)", fontsize=10)
+    ax.set_title(f"gpt2-ndarray vs transformers, GPT-2 small fp32, {cpu_kind(rust)[1]}"
+                 " (below 1: Rust is faster)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -713,17 +731,22 @@ def main() -> int:
     parser.add_argument("--rust-json", type=Path, default=Path("target/bench-rust.json"))
     parser.add_argument("--torch-json", type=Path, default=Path("target/bench-torch.json"))
     parser.add_argument("--md", type=Path, default=Path("docs/bench.md"))
-    parser.add_argument("--png", type=Path, default=Path("docs/bench.png"))
+    parser.add_argument("--png", type=Path, default=None,
+                        help="the chart (default docs/bench-KIND.png, KIND the CPU's: avx512, avx2, ...)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target fails")
+    parser.add_argument("--no-torch-half", action="store_true",
+                        help="leave out transformers' f16/bf16 cases (on a CPU without AVX-512's"
+                             " half-precision arithmetic they take minutes per forward pass)")
     args = parser.parse_args()
     # Relative paths are relative to the repository, wherever this is run from.
-    for name in ("rust_json", "torch_json", "md", "png"):
+    for name in ("rust_json", "torch_json", "md"):
         setattr(args, name, ROOT / getattr(args, name))
 
     if not args.no_run:
         run_benches(args)
     rust = json.loads(args.rust_json.read_text())
     torch = json.loads(args.torch_json.read_text())
+    args.png = ROOT / (args.png or Path(f"docs/bench-{cpu_kind(rust)[0]}.png"))
     # The f32 runs make the main tables; the half-precision ones their own section.
     rust["half_runs"] = [r for r in rust["runs"] if r.get("dtype", "f32") != "f32"]
     rust["runs"] = [r for r in rust["runs"] if r.get("dtype", "f32") == "f32"]
