@@ -550,3 +550,39 @@ fn one_query_attention_at_this_level(level: Simd) {
         }
     }
 }
+
+/// Below AVX-512 the few-rows kernel keeps its sums in tiles of 6 rows, or
+/// of 4 where those pad fewer rows (7, 8, 13–16 … rows): every sum is the
+/// same chain of fused multiply–adds either way, so a row's outputs are the
+/// same bits whichever tile it was in — here, in a product of `m` rows
+/// against the same row in a product of 5 (always tiles of 6).
+#[test]
+fn few_rows_tiles_of_4_and_of_6_agree_bit_for_bit() {
+    at_every_level(|level| {
+        if !level.fuses_multiply_add() {
+            return; // no few-rows kernel at this level
+        }
+        let (k, n) = (70, 200);
+        let w = random(k, n, 5);
+        for m in [7, 8, 14, 16, 20, 31, 32] {
+            let a = random(m, k, 6 + m as u64);
+            let all = matmul(a.view(), w.view());
+            for r0 in (0..m).step_by(5) {
+                let rows: Vec<usize> = (r0..r0 + 5).map(|r| r % m).collect();
+                let five = a.select(ndarray::Axis(0), &rows);
+                let part = matmul(five.view(), w.view());
+                for (i, &r) in rows.iter().enumerate() {
+                    let same = part
+                        .row(i)
+                        .iter()
+                        .zip(all.row(r))
+                        .all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(
+                        same,
+                        "{m} rows at {level}: row {r} differs from its 5-row product"
+                    );
+                }
+            }
+        }
+    });
+}

@@ -177,6 +177,9 @@ fn product_of<E: Element>(
                 };
                 return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel);
             }
+            if few_rows_tile(a.nrows()) == 4 {
+                return few_rows::<4, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles_4);
+            }
             return few_rows::<TILE_ROWS, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles);
         }
     }
@@ -252,7 +255,7 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
     } else if level == Simd::Avx512 {
         format!("{level} (8 × 32 tile, intrinsics)")
     } else {
-        format!("{level} (6 × 16 tile)")
+        format!("{level} (6 × 16 tile; 4 × 16 for 7, 8, 13–16 … rows)")
     };
     vec![
         ("gemv (decoding, head)", level.to_string()),
@@ -382,7 +385,8 @@ const HALF_DEPTH: usize = 16;
 ///
 /// Each task owns a band of [`FEW_ROWS_BAND`] output columns. Its sums live
 /// in tiles of `R` rows × `C` columns (6 × 16 in twelve AVX2 or NEON
-/// registers, 8 × 32 in sixteen AVX-512 ones); the rows of `a` are first
+/// registers, or 4 × 16 in eight where tiles of 6 would pad more rows, see
+/// [`few_rows_tile`]; 8 × 32 in sixteen AVX-512 ones); the rows of `a` are first
 /// laid out as panels `[m/R][k][R]` so that the `R` numbers one step needs
 /// are adjacent.
 /// For every 8 rows of `w` (`k0..k0+8`), each 16-column piece of those rows
@@ -472,10 +476,10 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
 
 simd_targets! {
     /// The loop of [`few_rows`] over one band, for the rows `ks` of the
-    /// weights (`w` starts at row `ks.start`; the panels hold all `k`):
-    /// `tiles[(g·strips + s)·6 + i]`
-    /// receives `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns;
-    /// `w` starts at the band's first column, `ldw` apart per row).
+    /// weights (`w` starts at row `ks.start`; the panels hold all `k`), in
+    /// tiles of 6 rows: `tiles[(g·strips + s)·6 + i]` receives
+    /// `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns; `w`
+    /// starts at the band's first column, `ldw` apart per row).
     fn band_tiles(
         panels: &[f32],
         k: usize,
@@ -485,18 +489,59 @@ simd_targets! {
         strips: usize,
         tiles: &mut [[f32; TILE_COLS]],
     ) {
-        let groups = panels.len() / (k * TILE_ROWS);
-        for k0 in ks.clone().step_by(TILE_DEPTH) {
-            let depth = TILE_DEPTH.min(ks.end - k0);
-            for s in 0..strips {
-                let w_block = &w[(k0 - ks.start) * ldw + s * TILE_COLS..];
-                for g in 0..groups {
-                    let steps = &panels[(g * k + k0) * TILE_ROWS..][..depth * TILE_ROWS];
-                    let tile = &mut tiles[(g * strips + s) * TILE_ROWS..][..TILE_ROWS];
-                    let tile: &mut [[f32; TILE_COLS]; TILE_ROWS] =
-                        tile.try_into().expect("TILE_ROWS rows");
-                    tile_steps(steps, w_block, ldw, tile);
-                }
+        band_rows::<TILE_ROWS>(panels, k, ks, w, ldw, strips, tiles)
+    }
+}
+
+simd_targets! {
+    /// [`band_tiles`] in tiles of 4 rows (eight registers of sums): for 7, 8,
+    /// 15, 16 … rows, which tiles of 6 would pad with up to 4 rows of zeros
+    /// (8 rows as 6 + 6 wastes a third of the arithmetic). The same chain of
+    /// fused multiply–adds for every sum: the same bits.
+    fn band_tiles_4(
+        panels: &[f32],
+        k: usize,
+        ks: Range<usize>,
+        w: &[f32],
+        ldw: usize,
+        strips: usize,
+        tiles: &mut [[f32; TILE_COLS]],
+    ) {
+        band_rows::<4>(panels, k, ks, w, ldw, strips, tiles)
+    }
+}
+
+/// Rows of `a` per tile of [`few_rows`] below AVX-512 for `m` rows: 6, or
+/// 4 where tiles of 4 leave fewer padding rows (7, 8, 13–16, 19–20, …).
+fn few_rows_tile(m: usize) -> usize {
+    if m.div_ceil(4) * 4 < m.div_ceil(TILE_ROWS) * TILE_ROWS {
+        4
+    } else {
+        TILE_ROWS
+    }
+}
+
+/// The body of [`band_tiles`] and [`band_tiles_4`], for tiles of `R` rows.
+#[inline(always)]
+fn band_rows<const R: usize>(
+    panels: &[f32],
+    k: usize,
+    ks: Range<usize>,
+    w: &[f32],
+    ldw: usize,
+    strips: usize,
+    tiles: &mut [[f32; TILE_COLS]],
+) {
+    let groups = panels.len() / (k * R);
+    for k0 in ks.clone().step_by(TILE_DEPTH) {
+        let depth = TILE_DEPTH.min(ks.end - k0);
+        for s in 0..strips {
+            let w_block = &w[(k0 - ks.start) * ldw + s * TILE_COLS..];
+            for g in 0..groups {
+                let steps = &panels[(g * k + k0) * R..][..depth * R];
+                let tile = &mut tiles[(g * strips + s) * R..][..R];
+                let tile: &mut [[f32; TILE_COLS]; R] = tile.try_into().expect("R rows");
+                tile_steps(steps, w_block, ldw, tile);
             }
         }
     }
@@ -507,13 +552,18 @@ simd_targets! {
 /// SIMD versions of [`band_tiles`], where the 6 × 16 sums are twelve vector
 /// registers).
 #[inline(always)]
-fn tile_steps(steps: &[f32], w: &[f32], ldw: usize, tile: &mut [[f32; TILE_COLS]; TILE_ROWS]) {
+fn tile_steps<const R: usize>(
+    steps: &[f32],
+    w: &[f32],
+    ldw: usize,
+    tile: &mut [[f32; TILE_COLS]; R],
+) {
     let mut acc = *tile;
-    for (l, x) in steps.chunks_exact(TILE_ROWS).enumerate() {
+    for (l, x) in steps.chunks_exact(R).enumerate() {
         let w_row: &[f32; TILE_COLS] = w[l * ldw..l * ldw + TILE_COLS]
             .try_into()
             .expect("TILE_COLS columns");
-        for i in 0..TILE_ROWS {
+        for i in 0..R {
             for j in 0..TILE_COLS {
                 acc[i][j] = x[i].mul_add(w_row[j], acc[i][j]);
             }
