@@ -255,7 +255,7 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
     } else if level == Simd::Avx512 {
         format!("{level} (8 × 32 tile, intrinsics)")
     } else {
-        format!("{level} (6 × 16 tile; 4 × 16 for 7, 8, 13–16 … rows)")
+        format!("{level} (6 × 16 tile; 4 × 16 for 7, 8, 13–16, 19–20, 25–28, 31, 32 rows)")
     };
     vec![
         ("gemv (decoding, head)", level.to_string()),
@@ -494,10 +494,10 @@ simd_targets! {
 }
 
 simd_targets! {
-    /// [`band_tiles`] in tiles of 4 rows (eight registers of sums): for 7, 8,
-    /// 15, 16 … rows, which tiles of 6 would pad with up to 4 rows of zeros
-    /// (8 rows as 6 + 6 wastes a third of the arithmetic). The same chain of
-    /// fused multiply–adds for every sum: the same bits.
+    /// [`band_tiles`] in tiles of 4 rows (eight registers of sums), for the
+    /// row counts that tiles of 6 would pad with more rows of zeros (see
+    /// [`few_rows_tile`]; 8 rows as 6 + 6 waste a third of the arithmetic).
+    /// The same chain of fused multiply–adds for every sum: the same bits.
     fn band_tiles_4(
         panels: &[f32],
         k: usize,
@@ -512,7 +512,8 @@ simd_targets! {
 }
 
 /// Rows of `a` per tile of [`few_rows`] below AVX-512 for `m` rows: 6, or
-/// 4 where tiles of 4 leave fewer padding rows (7, 8, 13–16, 19–20, …).
+/// 4 where tiles of 4 leave fewer padding rows (7, 8, 13–16, 19–20, 25–28,
+/// 31 and 32 rows).
 fn few_rows_tile(m: usize) -> usize {
     if m.div_ceil(4) * 4 < m.div_ceil(TILE_ROWS) * TILE_ROWS {
         4

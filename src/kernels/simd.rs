@@ -9,6 +9,9 @@
 //! baseline). The first call asks the CPU what it has and keeps the answer;
 //! every later call is one atomic load and a jump.
 //!
+//! The AVX2 level also requires F16C (every CPU with AVX2 and FMA has it),
+//! which the `f16` kernels of `half_f16c.rs` use at that level.
+//!
 //! Apart from the few-rows kernel (which fuses multiply–adds, see
 //! [`gemm`](super::gemm)), no loop fuses a multiply and an add, so every
 //! level gives the same bits: only the vector width changes.
