@@ -8,10 +8,11 @@ back, or with `--no-run` only reads the JSON they wrote (same schema), and:
   prints PASS/FAIL for each;
 * writes its sections of `docs/bench.md` (tables, targets, date, CPU,
   versions; the half-precision weights) between their markers, one pair per
-  kind of CPU (`<!-- bench_compare:avx512:begin -->`,
-  `<!-- half-precision:avx2:begin -->`, ...: the instruction set the
-  crate's GEMM ran with, read from the Rust JSON), so a run on an AVX2-only
-  machine leaves the AVX-512 machine's figures standing, and hand-written
+  kind of CPU (`<!-- bench_compare:avx512-intel:begin -->`,
+  `<!-- half-precision:avx2-amd:begin -->`, ...: the instruction set the
+  crate's GEMM ran with and the CPU's vendor, read from the Rust JSON), so a
+  run on an AVX2-only AMD machine leaves an AVX-512 Intel machine's figures
+  standing, and hand-written
   sections as they are; and `docs/bench-{kind}.png` (the ratios as a bar
   chart).
 
@@ -243,10 +244,19 @@ def targets(rust: dict, torch: dict) -> list[Target]:
 
 def cpu_kind(rust: dict) -> tuple[str, str]:
     """The kind of CPU a Rust JSON was measured on, as a marker suffix and a
-    heading: by the instruction set the `gemm` crate's kernels ran with."""
+    phrase for headings (`avx512-intel`, "an Intel CPU with AVX-512"): the
+    instruction set the `gemm` crate's kernels ran with, and the vendor in
+    the CPU's name. The vendor matters as much as the instruction set: an
+    Intel Xeon does two 512-bit fused multiply-adds a cycle, an AMD Zen 4 runs
+    AVX-512 on 256-bit units."""
     isa = rust.get("kernels", {}).get("gemm crate (many rows)", "")
-    return {"avx512f": ("avx512", "AVX-512"), "avx2+fma": ("avx2", "AVX2 + FMA, no AVX-512"),
-            "neon": ("neon", "ARM NEON")}.get(isa, ("other", f"kernels: {isa or '?'}"))
+    suffix, what = {"avx512f": ("avx512", "AVX-512"), "avx2+fma": ("avx2", "AVX2 + FMA, no AVX-512"),
+                    "neon": ("neon", "ARM NEON")}.get(isa, ("other", f"kernels: {isa or '?'}"))
+    name = rust.get("cpu", "").lower()
+    for vendor, heading in (("intel", "an Intel"), ("amd", "an AMD")):
+        if vendor in name:
+            return f"{suffix}-{vendor}", f"{heading} CPU with {what}"
+    return suffix, f"a CPU with {what}"
 
 
 def run_at(report: dict, threads: int) -> dict | None:
@@ -460,7 +470,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
     env = environment(torch, rust)
     kind, title = cpu_kind(rust)
     parts = [
-        f"## On a CPU with {title}",
+        f"## On {title}",
         "",
         "GPT-2 small (124M parameters, fp32) with random weights, on the CPU;"
         " written by `python_ref/bench_compare.py` from `target/bench-rust.json`"
@@ -631,7 +641,7 @@ def half_rows(rust: dict, torch: dict, threads: int) -> tuple[list[list[str]], l
 def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
     """The half-precision section of docs/bench.md (its own markers)."""
     kind, title = cpu_kind(rust)
-    parts = [f"## Half-precision weights (f16, bf16), on a CPU with {title}", "",
+    parts = [f"## Half-precision weights (f16, bf16), on {title}", "",
              "The same random GPT-2 small, converted once (`Gpt2::save_safetensors`) and loaded as"
              " stored; every dtype measured back to back at each thread count by `examples/bench.rs`."
              " The fraction of read bandwidth counts the bytes a decoding step actually reads (the"
@@ -712,7 +722,7 @@ def write_chart(path: Path, rust: dict, torch: dict) -> None:
     ax.plot([], [], "k--", linewidth=1, label="target (2 threads)")
     ax.set_xticks(range(len(CASES)), labels, fontsize=8)
     ax.set_ylabel("Rust time ÷ transformers time")
-    ax.set_title(f"gpt2-ndarray vs transformers, GPT-2 small fp32, {cpu_kind(rust)[1]}"
+    ax.set_title(f"gpt2-ndarray vs transformers, GPT-2 small fp32, on {cpu_kind(rust)[1]}"
                  " (below 1: Rust is faster)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -732,7 +742,7 @@ def main() -> int:
     parser.add_argument("--torch-json", type=Path, default=Path("target/bench-torch.json"))
     parser.add_argument("--md", type=Path, default=Path("docs/bench.md"))
     parser.add_argument("--png", type=Path, default=None,
-                        help="the chart (default docs/bench-KIND.png, KIND the CPU's: avx512, avx2, ...)")
+                        help="the chart (default docs/bench-KIND.png, KIND the CPU's: avx512-intel, avx2-amd, ...)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target fails")
     parser.add_argument("--no-torch-half", action="store_true",
                         help="leave out transformers' f16/bf16 cases (on a CPU without AVX-512's"
