@@ -371,8 +371,9 @@ fn half_products_at_this_level(level: Simd) {
     // The same shapes as the f32 paths (GEMV, few rows at 6 × 16 and
     // 8 × 32, the GEMM), plus the few-rows kernel's half-depth blocks of 16
     // rows (k = 15, 16, 17, 33) and GEMMs whose half matrix spans several
-    // widened panels of 2^20 values (row-major: columns; transposed: rows of
-    // the stored matrix, as in the tied head).
+    // widened panels of 2^22 values (row-major: columns; transposed: rows of
+    // the stored matrix, as in the tied head), each product after one with a
+    // larger or a smaller panel (the panel buffer is kept between products).
     for (m, k, n) in [
         (1, 7, 5),
         (1, 770, 1100),
@@ -391,8 +392,9 @@ fn half_products_at_this_level(level: Simd) {
         (33, 20, 30),
         (48, 768, 517),
         (300, 70, 260),
-        (40, 64, 20_000),
-        (35, 3000, 700),
+        (40, 64, 70_000),
+        (35, 3000, 1500),
+        (33, 20, 31),
     ] {
         let a = random(m, k, 11);
         for dtype in [Dtype::F16, Dtype::BF16] {

@@ -27,6 +27,7 @@
 //! on the shapes only — never on the number of threads or on how the work was
 //! split — so results are bit-identical whatever the thread count.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
@@ -189,14 +190,32 @@ fn product_of<E: Element>(
     }
 }
 
-/// Elements of `f32` in one panel that [`gemm_panels`] widens at a time (4 MB).
-const PANEL_ELEMENTS: usize = 1 << 20;
+/// Elements of `f32` in one panel that [`gemm_panels`] widens at a time
+/// (16 MB): every weight of GPT-2 small's blocks (at most 768 × 3072 values)
+/// is one panel, so its product is one call of the packed GEMM. In panels of
+/// 2²⁰ values a `c_fc` product was three calls, each packing `a` again: with
+/// `f16` weights a T=128 prompt then took 1.33–1.38× the `f32` time instead
+/// of 1.14–1.16× (Intel Xeon, AVX-512, 2 threads, alternated in one process,
+/// `docs/bench.md`). The tied head `wteᵀ` (38.6 M values) still goes in ten
+/// panels.
+const PANEL_ELEMENTS: usize = 1 << 22;
+
+thread_local! {
+    /// The panel [`gemm_panels`] last widened on this thread, kept for the
+    /// next product: [`PANEL_ELEMENTS`] `f32`s at most (or 16 columns of a
+    /// matrix deeper than 2¹⁸ rows). A fresh allocation
+    /// of that size is a fresh mapping from the system, each of whose pages
+    /// faults on its first write: that cost more than the widening itself
+    /// (`f16` prefill at T=128, 1.14–1.16× the `f32` time with a fresh buffer
+    /// per product, 1.04–1.09× with this one; the same machine as above).
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// [`gemm`] with a half-precision `b`: the columns of `b` in panels of at
 /// most [`PANEL_ELEMENTS`] values, each widened to `f32` (rows in parallel)
-/// and multiplied by the packed GEMM into its columns of `c`. The panel
-/// keeps the layout of `b` (row-major for a `Conv1D` weight, column-major
-/// for `wteᵀ`), so it is widened front to back.
+/// into this thread's [`PANEL`] and multiplied by the packed GEMM into its
+/// columns of `c`. The panel keeps the layout of `b` (row-major for a
+/// `Conv1D` weight, column-major for `wteᵀ`), so it is widened front to back.
 fn gemm_panels<E: Element>(
     a: ArrayView2<f32>,
     b: ArrayView2<E>,
@@ -207,7 +226,12 @@ fn gemm_panels<E: Element>(
     let (k, n) = b.dim();
     let width = (PANEL_ELEMENTS / k).max(16).min(n);
     let column_major = b.strides()[0] == 1 && b.strides()[1] != 1;
-    let mut panel = vec![0.0f32; k * width];
+    // Taken out while in use (a product nested in this one, were there any,
+    // would find it empty and allocate its own), put back at the end.
+    let mut panel = PANEL.with(|kept| kept.take());
+    if panel.len() < k * width {
+        panel = vec![0.0f32; k * width];
+    }
     for j0 in (0..n).step_by(width) {
         let j1 = (j0 + width).min(n);
         let b_panel = b.slice(s![.., j0..j1]);
@@ -243,6 +267,7 @@ fn gemm_panels<E: Element>(
         };
         gemm(a, b32, c.slice_mut(s![.., j0..j1]), output, threads);
     }
+    PANEL.with(|kept| kept.replace(panel));
 }
 
 /// The instruction set each kernel runs with on this machine now, as
