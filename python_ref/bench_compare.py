@@ -12,9 +12,8 @@ back, or with `--no-run` only reads the JSON they wrote (same schema), and:
   `<!-- half-precision:avx2-amd:begin -->`, ...: the instruction set the
   crate's GEMM ran with and the CPU's vendor, read from the Rust JSON), so a
   run on an AVX2-only AMD machine leaves an AVX-512 Intel machine's figures
-  standing, and hand-written
-  sections as they are; and `docs/bench-{kind}.png` (the ratios as a bar
-  chart).
+  standing, and hand-written sections as they are; and
+  `docs/bench-{kind}.png` (the ratios as a bar chart).
 
 Usage, from anywhere in the repository:
 

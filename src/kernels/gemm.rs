@@ -203,11 +203,11 @@ const PANEL_ELEMENTS: usize = 1 << 22;
 thread_local! {
     /// The panel [`gemm_panels`] last widened on this thread, kept for the
     /// next product: [`PANEL_ELEMENTS`] `f32`s at most (or 16 columns of a
-    /// matrix deeper than 2¹⁸ rows). A fresh allocation
-    /// of that size is a fresh mapping from the system, each of whose pages
-    /// faults on its first write: that cost more than the widening itself
-    /// (`f16` prefill at T=128, 1.14–1.16× the `f32` time with a fresh buffer
-    /// per product, 1.04–1.09× with this one; the same machine as above).
+    /// matrix deeper than 2¹⁸ rows). A fresh allocation of that size is a
+    /// fresh mapping from the system, each of whose pages faults on its first
+    /// write: that cost more than the widening itself (`f16` prefill at
+    /// T=128, 1.14–1.16× the `f32` time with a fresh buffer per product,
+    /// 1.04–1.09× with this one; the same machine as above).
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
