@@ -179,9 +179,17 @@ fn product_of<E: Element>(
                 return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel);
             }
             if few_rows_tile(a.nrows()) == 4 {
-                return few_rows::<4, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles_4);
+                return few_rows::<4, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles::<4>);
             }
-            return few_rows::<TILE_ROWS, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles);
+            return few_rows::<TILE_ROWS, TILE_COLS, E>(
+                a,
+                w,
+                n,
+                c,
+                output,
+                threads,
+                band_tiles::<TILE_ROWS>,
+            );
         }
     }
     match E::view_f32(b) {
@@ -502,10 +510,14 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
 simd_targets! {
     /// The loop of [`few_rows`] over one band, for the rows `ks` of the
     /// weights (`w` starts at row `ks.start`; the panels hold all `k`), in
-    /// tiles of 6 rows: `tiles[(g·strips + s)·6 + i]` receives
-    /// `Σₗ a[6g + i, l] · w[l, 16s..16s + 16]` (the band's columns; `w`
-    /// starts at the band's first column, `ldw` apart per row).
-    fn band_tiles(
+    /// tiles of `R` rows: `tiles[(g·strips + s)·R + i]` receives
+    /// `Σₗ a[Rg + i, l] · w[l, 16s..16s + 16]` (the band's columns; `w`
+    /// starts at the band's first column, `ldw` apart per row). `R` is 6
+    /// (twelve registers of sums), or 4 (eight) for the row counts that tiles
+    /// of 6 would pad with more rows of zeros (see [`few_rows_tile`]; 8 rows
+    /// as 6 + 6 waste a third of the arithmetic): the same chain of fused
+    /// multiply–adds for every sum either way, so the same bits.
+    fn band_tiles<const R: usize>(
         panels: &[f32],
         k: usize,
         ks: Range<usize>,
@@ -514,25 +526,7 @@ simd_targets! {
         strips: usize,
         tiles: &mut [[f32; TILE_COLS]],
     ) {
-        band_rows::<TILE_ROWS>(panels, k, ks, w, ldw, strips, tiles)
-    }
-}
-
-simd_targets! {
-    /// [`band_tiles`] in tiles of 4 rows (eight registers of sums), for the
-    /// row counts that tiles of 6 would pad with more rows of zeros (see
-    /// [`few_rows_tile`]; 8 rows as 6 + 6 waste a third of the arithmetic).
-    /// The same chain of fused multiply–adds for every sum: the same bits.
-    fn band_tiles_4(
-        panels: &[f32],
-        k: usize,
-        ks: Range<usize>,
-        w: &[f32],
-        ldw: usize,
-        strips: usize,
-        tiles: &mut [[f32; TILE_COLS]],
-    ) {
-        band_rows::<4>(panels, k, ks, w, ldw, strips, tiles)
+        band_rows::<R>(panels, k, ks, w, ldw, strips, tiles)
     }
 }
 
@@ -547,7 +541,7 @@ fn few_rows_tile(m: usize) -> usize {
     }
 }
 
-/// The body of [`band_tiles`] and [`band_tiles_4`], for tiles of `R` rows.
+/// The body of [`band_tiles`], for tiles of `R` rows.
 #[inline(always)]
 fn band_rows<const R: usize>(
     panels: &[f32],

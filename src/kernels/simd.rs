@@ -217,26 +217,33 @@ macro_rules! simd_targets {
             portable($($arg),*)
         }
     };
-    // The same for a function with one type parameter (`fn f<E: Bound>(...)`):
-    // each level's copy is generic too, and monomorphised per type.
-    ($(#[$attr:meta])* $vis:vis fn $name:ident<$g:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$attr])*
-        $vis fn $name<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+    // The same for a function with one type parameter (`fn f<E: Bound>(...)`)
+    // or one const parameter (`fn f<const R: usize>(...)`): each level's copy
+    // is generic too, and monomorphised per parameter.
+    ($(#[$attr:meta])* $vis:vis fn $name:ident<$g:ident: $bound:path>($($args:tt)*) $(-> $ret:ty)? $body:block) => {
+        $crate::kernels::simd::simd_targets!(@generic [$(#[$attr])*] $vis $name [$g: $bound] $g ($($args)*) [$($ret)?] $body);
+    };
+    ($(#[$attr:meta])* $vis:vis fn $name:ident<const $g:ident: $t:ty>($($args:tt)*) $(-> $ret:ty)? $body:block) => {
+        $crate::kernels::simd::simd_targets!(@generic [$(#[$attr])*] $vis $name [const $g: $t] $g ($($args)*) [$($ret)?] $body);
+    };
+    (@generic [$($attr:tt)*] $vis:vis $name:ident [$($param:tt)*] $g:ident ($($arg:ident: $ty:ty),* $(,)?) [$($ret:ty)?] $body:block) => {
+        $($attr)*
+        $vis fn $name<$($param)*>($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable<$g: $bound>($($arg: $ty),*) $(-> $ret)? $body
+            fn portable<$($param)*>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 use $crate::kernels::simd::{level, Simd};
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx")]
-                fn avx512<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                fn avx512<$($param)*>($($arg: $ty),*) $(-> $ret)? {
                     portable::<$g>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma,avx")]
-                fn avx2<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                fn avx2<$($param)*>($($arg: $ty),*) $(-> $ret)? {
                     portable::<$g>($($arg),*)
                 }
                 #[target_feature(enable = "avx")]
-                fn avx<$g: $bound>($($arg: $ty),*) $(-> $ret)? {
+                fn avx<$($param)*>($($arg: $ty),*) $(-> $ret)? {
                     portable::<$g>($($arg),*)
                 }
                 match level() {
