@@ -58,6 +58,12 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn view_f16(_values: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, f16>> {
         None
     }
+
+    /// The values, when they are `bf16`s (for the loops that widen them by
+    /// a shift).
+    fn slice_bf16(_values: &[Self]) -> Option<&[bf16]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -79,6 +85,10 @@ impl Element for bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+
+    fn slice_bf16(values: &[bf16]) -> Option<&[bf16]> {
+        Some(values)
     }
 }
 
