@@ -12,8 +12,9 @@
 //! weights is loaded (and, for a half weight, widened) once and used by 4
 //! rows of `a`, and each piece of `a` by 4 rows of `wte`; the 4 rows of
 //! `wte` of a tile stay in the L1 cache while every group of 4 rows of `a`
-//! passes over them, and the next tile's rows are prefetched meanwhile, so
-//! each row of `wte` comes from memory once per step whatever B is. With
+//! passes over them, and the rows of the tile after next are prefetched
+//! into the L2 cache meanwhile, so each row of `wte` comes from memory once
+//! per step whatever B is. With
 //! AVX2 (16 registers of 8 lanes) the tile is 2 rows of `a` × 2 rows of
 //! `wte`, each sum's 16 lanes in two registers: eight chains of adds, enough
 //! to hide their latency, which a single dot product (two chains) cannot. At the other levels (AVX,
@@ -106,10 +107,12 @@ fn band_tiles<E: Element, const RA: usize, const RW: usize>(
     let (m_tiled, n_tiled) = (m / RA * RA, n / RW * RW);
     for j0 in (0..n_tiled).step_by(RW) {
         let ys: [&[E]; RW] = std::array::from_fn(|j| columns[j0 + j]);
-        // The next tile's rows of `wte`, fetched while the first group of
-        // rows runs on this one (the last tile of the band fetches nothing).
+        // The rows of `wte` of the tile PREFETCH_TILES further on, fetched
+        // while the first group of rows runs on this one (the band's last
+        // tiles fetch nothing).
+        let ahead = PREFETCH_TILES * RW;
         let next: Option<[&[E]; RW]> =
-            (j0 + 2 * RW <= n_tiled).then(|| std::array::from_fn(|j| columns[j0 + RW + j]));
+            (j0 + ahead + RW <= n_tiled).then(|| std::array::from_fn(|j| columns[j0 + ahead + j]));
         for t0 in (0..m_tiled).step_by(RA) {
             let xs: [&[f32]; RA] = std::array::from_fn(|i| rows[t0 + i]);
             let sums = tile(xs, ys, if t0 == 0 { next } else { None });
@@ -129,6 +132,28 @@ fn band_tiles<E: Element, const RA: usize, const RW: usize>(
         for (t, x) in rows.iter().enumerate() {
             output.store(&mut c[[t, j]], dot_lanes(x, columns[j]));
         }
+    }
+}
+
+/// How many tiles ahead [`band_tiles`] prefetches the rows of `wte`, into
+/// the L2 cache (`_MM_HINT_T1`): the L1 cache's few outstanding misses cannot
+/// keep the weights streaming at the bandwidth of memory, the L2 cache's can.
+/// A tile ahead into the L1 cache, as before: the head at B = 8 took 9.9–10.8
+/// ms, two tiles ahead into the L2 cache 7.2–8.2 ms (GPT-2 small's `wte`, AMD
+/// EPYC Zen 4, 2 threads, the two builds alternated four times;
+/// `docs/bench.md`).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_TILES: usize = 2;
+
+/// Ask for the piece of `ys` at `p` to be brought into the L2 cache.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch<E, const RW: usize>(ys: [&[E]; RW], p: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+    for y in ys {
+        // SAFETY: a hint, never a fault: the address need not be valid (and
+        // `wrapping_add` computes it without undefined behaviour).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(y.as_ptr().wrapping_add(p).cast::<i8>()) };
     }
 }
 
@@ -162,8 +187,9 @@ unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
         } else if let Some(y) = E::slice_bf16(y) {
             // Its bits are the high half of the f32's. (Widened one value at
             // a time, as before, the bf16 head at B = 8 took 28–29 ms, three
-            // times the f16 one's 9.6–13.5 ms; 5.5 ms both now, with the
-            // changes of the next commit; GPT-2 small, AMD Zen 4, 2 threads.)
+            // times the f16 one's 9.6–13.5 ms; both take 5.5 ms with the
+            // loops of `tile_avx512` as they are now; GPT-2 small, AMD Zen 4,
+            // 2 threads.)
             let bits =
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()));
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
@@ -186,10 +212,7 @@ fn tile_avx512<E: Element>(
     ys: [&[E]; RW],
     next: Option<[&[E]; RW]>,
 ) -> [[f32; RW]; RA] {
-    use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_setzero_ps, _mm_prefetch,
-        _MM_HINT_T0,
-    };
+    use std::arch::x86_64::_mm512_setzero_ps;
     let k = xs[0].len();
     for x in xs {
         assert_eq!(x.len(), k, "dot_lanes: lengths differ");
@@ -199,35 +222,67 @@ fn tile_avx512<E: Element>(
     }
     let full = k / LANES * LANES;
     let mut acc = [[_mm512_setzero_ps(); RW]; RA];
-    for p in (0..full).step_by(LANES) {
-        // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
-        // above); unaligned loads need no alignment; AVX-512 F is enabled.
-        unsafe {
-            if let Some(next) = next {
-                for y in next {
-                    // A hint, never a fault: the address need not be valid.
-                    _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(p).cast::<i8>());
-                }
+    // Two loops, neither with a branch inside: the sums then stay in
+    // registers. (With the prefetch under an `if` in one loop, the compiler
+    // kept them in memory too: sixteen stores on every piece, twice as many
+    // as the piece's arithmetic has cycles.)
+    // SAFETY (both loops): p + 16 <= full <= k, the length of every slice
+    // (asserted above); AVX-512 F is enabled.
+    match next {
+        Some(next) => {
+            for p in (0..full).step_by(LANES) {
+                prefetch(next, p);
+                unsafe { piece_avx512(&mut acc, xs, ys, p) };
             }
-            let y: [__m512; RW] = std::array::from_fn(|j| load16(ys[j], p));
-            for i in 0..RA {
-                let x = _mm512_loadu_ps(xs[i].as_ptr().add(p));
-                for j in 0..RW {
-                    acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_mul_ps(x, y[j]));
-                }
+        }
+        None => {
+            for p in (0..full).step_by(LANES) {
+                unsafe { piece_avx512(&mut acc, xs, ys, p) };
             }
         }
     }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|j| {
+    // Folded here, not in a closure, where `fold_in_register` (an AVX-512
+    // function) could not be inlined.
+    let mut sums = [[0.0f32; RW]; RA];
+    for (i, row) in sums.iter_mut().enumerate() {
+        for (j, sum) in row.iter_mut().enumerate() {
             let tail: f32 = xs[i][full..]
                 .iter()
                 .zip(&ys[j][full..])
                 .map(|(a, b)| a * b.to_f32())
                 .sum();
-            super::half_avx512::fold_in_register(acc[i][j]) + tail
-        })
-    })
+            *sum = super::half_avx512::fold_in_register(acc[i][j]) + tail;
+        }
+    }
+    sums
+}
+
+/// One piece of 16 of [`tile_avx512`]: `acc[i][j] += xs[i][p..p + 16] ·
+/// ys[j][p..p + 16]`, lane by lane, the multiply rounded, then the add.
+///
+/// # Safety
+///
+/// `p + 16` is at most the length of every slice, and the CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn piece_avx512<E: Element>(
+    acc: &mut [[std::arch::x86_64::__m512; RW]; RA],
+    xs: [&[f32]; RA],
+    ys: [&[E]; RW],
+    p: usize,
+) {
+    use std::arch::x86_64::{__m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps};
+    // SAFETY: the caller guarantees that 16 values from `p` are inside every
+    // slice and that AVX-512 F is there; unaligned loads need no alignment.
+    unsafe {
+        let y: [__m512; RW] = std::array::from_fn(|j| load16(ys[j], p));
+        for i in 0..RA {
+            let x = _mm512_loadu_ps(xs[i].as_ptr().add(p));
+            for j in 0..RW {
+                acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_mul_ps(x, y[j]));
+            }
+        }
+    }
 }
 
 /// Rows of `a` in one AVX2 tile.
@@ -283,10 +338,7 @@ fn tile_avx2<E: Element, const R: usize>(
     ys: [&[E]; RW_AVX2],
     next: Option<[&[E]; RW_AVX2]>,
 ) -> [[f32; RW_AVX2]; R] {
-    use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm_prefetch,
-        _MM_HINT_T0,
-    };
+    use std::arch::x86_64::_mm256_setzero_ps;
     let k = xs[0].len();
     for x in xs {
         assert_eq!(x.len(), k, "dot_lanes: lengths differ");
@@ -298,24 +350,19 @@ fn tile_avx2<E: Element, const R: usize>(
     // The sums of row i and column j: lanes 0–7 in low[i][j], 8–15 in high[i][j].
     let mut low = [[_mm256_setzero_ps(); RW_AVX2]; R];
     let mut high = low;
-    for p in (0..full).step_by(LANES) {
-        // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
-        // above); unaligned loads need no alignment; AVX2 and F16C are enabled.
-        unsafe {
-            if let Some(next) = next {
-                for y in next {
-                    // A hint, never a fault: the address need not be valid.
-                    _mm_prefetch::<_MM_HINT_T0>(y.as_ptr().wrapping_add(p).cast::<i8>());
-                }
+    // Two loops without a branch inside, as in `tile_avx512`.
+    // SAFETY (both loops): p + 16 <= full <= k, the length of every slice
+    // (asserted above); AVX2 and F16C are enabled.
+    match next {
+        Some(next) => {
+            for p in (0..full).step_by(LANES) {
+                prefetch(next, p);
+                unsafe { piece_avx2(&mut low, &mut high, xs, ys, p) };
             }
-            for (acc, q) in [(&mut low, p), (&mut high, p + LANES / 2)] {
-                let y: [__m256; RW_AVX2] = std::array::from_fn(|j| load8(ys[j], q));
-                for i in 0..R {
-                    let x = _mm256_loadu_ps(xs[i].as_ptr().add(q));
-                    for j in 0..RW_AVX2 {
-                        acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(x, y[j]));
-                    }
-                }
+        }
+        None => {
+            for p in (0..full).step_by(LANES) {
+                unsafe { piece_avx2(&mut low, &mut high, xs, ys, p) };
             }
         }
     }
@@ -331,4 +378,37 @@ fn tile_avx2<E: Element, const R: usize>(
         }
     }
     sums
+}
+
+/// One piece of 16 of [`tile_avx2`]: lanes 0–7 of each sum in `low`, 8–15
+/// in `high`, `acc + x·y` (the multiply rounded, then the add).
+///
+/// # Safety
+///
+/// `p + 16` is at most the length of every slice, and the CPU has AVX2 and
+/// F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn piece_avx2<E: Element, const R: usize>(
+    low: &mut [[std::arch::x86_64::__m256; RW_AVX2]; R],
+    high: &mut [[std::arch::x86_64::__m256; RW_AVX2]; R],
+    xs: [&[f32]; R],
+    ys: [&[E]; RW_AVX2],
+    p: usize,
+) {
+    use std::arch::x86_64::{__m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps};
+    // SAFETY: the caller guarantees that 16 values from `p` are inside every
+    // slice and that AVX2 and F16C are there; unaligned loads need no
+    // alignment.
+    unsafe {
+        for (acc, q) in [(low, p), (high, p + LANES / 2)] {
+            let y: [__m256; RW_AVX2] = std::array::from_fn(|j| load8(ys[j], q));
+            for i in 0..R {
+                let x = _mm256_loadu_ps(xs[i].as_ptr().add(q));
+                for j in 0..RW_AVX2 {
+                    acc[i][j] = _mm256_add_ps(acc[i][j], _mm256_mul_ps(x, y[j]));
+                }
+            }
+        }
+    }
 }
