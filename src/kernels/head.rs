@@ -186,8 +186,8 @@ unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
             _mm512_cvtph_ps(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()))
         } else if let Some(y) = E::slice_bf16(y) {
             // Its bits are the high half of the f32's. (Widened one value at
-            // a time, as before, the bf16 head at B = 8 took 28–29 ms, three
-            // times the f16 one's 9.6–13.5 ms; both take 5.5 ms with the
+            // a time, as before, the bf16 head at B = 8 took 28–29 ms, two to
+            // three times the f16 one's 9.6–13.5 ms; both take 5.5 ms with the
             // loops of `tile_avx512` as they are now; GPT-2 small, AMD Zen 4,
             // 2 threads.)
             let bits =
