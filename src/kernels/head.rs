@@ -91,9 +91,9 @@ pub(super) fn dot_tiles<E: Element>(
 
 /// One band of [`dot_tiles`] in register tiles: `c[t, j] (+)= dot(rows[t],
 /// columns[j])`, `tile` computing `RA` rows × `RW` columns at once (and
-/// prefetching the next tile's columns when it is given them), the rows and
-/// columns past the last whole tile one [`dot_lanes`] at a time (the same
-/// sum). Each tile's columns stay in the L1 cache while every group of rows
+/// prefetching the columns of the tile [`PREFETCH_TILES`] further on when
+/// it is given them), the rows and columns past the last whole tile one
+/// [`dot_lanes`] at a time (the same sum). Each tile's columns stay in the L1 cache while every group of rows
 /// passes over them.
 #[cfg(target_arch = "x86_64")]
 fn band_tiles<E: Element, const RA: usize, const RW: usize>(
