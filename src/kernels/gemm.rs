@@ -613,8 +613,7 @@ fn band_tiles_8x32(
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     const R: usize = 8;
     /// How far ahead (in rows of `w`) the weights are prefetched, into the
-    /// L2 cache: the L1 cache's few outstanding misses cannot keep them
-    /// streaming at memory's bandwidth. (16 rows into the L1 cache, as
+    /// L2 cache, as in `kernels/head.rs` (`PREFETCH_TILES`). (16 rows into the L1 cache, as
     /// before: the blocks' products at B = 8 took 16.1–21.3 ms, best of
     /// three, five runs alternated; 32 rows into the L2 cache 14.3–20.0 ms;
     /// GPT-2 small, AMD EPYC Zen 4, 2 threads.)

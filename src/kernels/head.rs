@@ -136,8 +136,10 @@ fn band_tiles<E: Element, const RA: usize, const RW: usize>(
 }
 
 /// How many tiles ahead [`band_tiles`] prefetches the rows of `wte`, into
-/// the L2 cache (`_MM_HINT_T1`): the L1 cache's few outstanding misses cannot
-/// keep the weights streaming at the bandwidth of memory, the L2 cache's can.
+/// the L2 cache (`_MM_HINT_T1`), most likely because the L1 cache has too
+/// few outstanding misses to keep the weights streaming at memory's
+/// bandwidth (a reading of the timings below, not a counter: this machine
+/// has none).
 /// A tile ahead into the L1 cache, as before: the head at B = 8 took 9.9–10.8
 /// ms, two tiles ahead into the L2 cache 7.2–8.2 ms (GPT-2 small's `wte`, AMD
 /// EPYC Zen 4, 2 threads, the two builds alternated four times;
