@@ -159,6 +159,30 @@ fn prefetch<E, const RW: usize>(ys: [&[E]; RW], p: usize) {
     }
 }
 
+/// `piece(p)` for every piece of 16 below `full`, each after prefetching the
+/// same piece of `next` when there is one: two loops, neither with a branch
+/// inside. (As one loop with the prefetch under an `if`, and the sums then
+/// folded in closures, the compiler kept a tile's sums in memory as well as
+/// in registers: sixteen stores on every piece, twice as many as the
+/// piece's arithmetic has cycles.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn each_piece<E, const RW: usize>(
+    full: usize,
+    next: Option<[&[E]; RW]>,
+    mut piece: impl FnMut(usize),
+) {
+    match next {
+        Some(next) => {
+            for p in (0..full).step_by(LANES) {
+                prefetch(next, p);
+                piece(p);
+            }
+        }
+        None => (0..full).step_by(LANES).for_each(piece),
+    }
+}
+
 /// Rows of `a` in one AVX-512 tile.
 #[cfg(target_arch = "x86_64")]
 const RA: usize = 4;
@@ -224,28 +248,12 @@ fn tile_avx512<E: Element>(
     }
     let full = k / LANES * LANES;
     let mut acc = [[_mm512_setzero_ps(); RW]; RA];
-    // Two loops, neither with a branch inside, and the sums folded below
-    // outside any closure: the sums then stay in registers. (As one loop
-    // with the prefetch under an `if`, folded in closures, the compiler kept
-    // them in memory too: sixteen stores on every piece, twice as many as
-    // the piece's arithmetic has cycles.)
-    // SAFETY (both loops): p + 16 <= full <= k, the length of every slice
-    // (asserted above); AVX-512 F is enabled.
-    match next {
-        Some(next) => {
-            for p in (0..full).step_by(LANES) {
-                prefetch(next, p);
-                unsafe { piece_avx512(&mut acc, xs, ys, p) };
-            }
-        }
-        None => {
-            for p in (0..full).step_by(LANES) {
-                unsafe { piece_avx512(&mut acc, xs, ys, p) };
-            }
-        }
-    }
-    // Folded here, not in a closure, where `fold_in_register` (an AVX-512
-    // function) could not be inlined.
+    // The sums are folded below outside any closure (where
+    // `fold_in_register`, an AVX-512 function, could not be inlined): with
+    // `each_piece`'s loops, that keeps them in registers.
+    // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
+    // above); AVX-512 F is enabled.
+    each_piece(full, next, |p| unsafe { piece_avx512(&mut acc, xs, ys, p) });
     let mut sums = [[0.0f32; RW]; RA];
     for (i, row) in sums.iter_mut().enumerate() {
         for (j, sum) in row.iter_mut().enumerate() {
@@ -353,22 +361,11 @@ fn tile_avx2<E: Element, const R: usize>(
     // The sums of row i and column j: lanes 0–7 in low[i][j], 8–15 in high[i][j].
     let mut low = [[_mm256_setzero_ps(); RW_AVX2]; R];
     let mut high = low;
-    // Two loops without a branch inside, as in `tile_avx512`.
-    // SAFETY (both loops): p + 16 <= full <= k, the length of every slice
-    // (asserted above); AVX2 and F16C are enabled.
-    match next {
-        Some(next) => {
-            for p in (0..full).step_by(LANES) {
-                prefetch(next, p);
-                unsafe { piece_avx2(&mut low, &mut high, xs, ys, p) };
-            }
-        }
-        None => {
-            for p in (0..full).step_by(LANES) {
-                unsafe { piece_avx2(&mut low, &mut high, xs, ys, p) };
-            }
-        }
-    }
+    // SAFETY: p + 16 <= full <= k, the length of every slice (asserted
+    // above); AVX2 and F16C are enabled.
+    each_piece(full, next, |p| unsafe {
+        piece_avx2(&mut low, &mut high, xs, ys, p)
+    });
     let mut sums = [[0.0f32; RW_AVX2]; R];
     for i in 0..R {
         for j in 0..RW_AVX2 {
