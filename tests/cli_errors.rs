@@ -2,7 +2,8 @@
 //! `error: <message>: caused by <cause>`, on stderr and exits with status 1,
 //! with no backtrace even when `RUST_BACKTRACE=1` is set; a bad flag is
 //! clap's usage error with status 2; and a run whose stderr is not a terminal
-//! draws no progress bar.
+//! draws no progress bar. Two tools are also checked at work: `patch`, and
+//! `generate --prompts` (each prompt's JSON line has the ids it gets alone).
 //!
 //! The example binaries are built for this test by cargo itself (`cargo build
 //! --example ...`, same profile as the test), which finds them wherever the
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "next_token",
+    "generate",
     "perplexity",
     "architecture",
     "inspect",
@@ -359,4 +361,66 @@ fn patch_runs_as_documented_and_refuses_unequal_lengths_and_multi_token_answers(
         line.starts_with("error: --wrong: caused by \" Nebuchadnezzar\" is 6 tokens, not one"),
         "{line}"
     );
+}
+
+/// `generate --prompts FILE --batch-size B --json` (issue 21): one JSON line
+/// per non-empty line of the file, in the file's order, each with the ids and
+/// the stop reason `generate` gives that prompt alone (greedy), with batches
+/// that split the prompts unevenly and one that holds them all.
+#[test]
+fn generate_prompts_writes_per_prompt_json_lines_as_each_prompt_alone() {
+    use gpt2_ndarray::generate::{generate, GenerateOptions};
+    use gpt2_ndarray::{Gpt2, Tokenizer};
+    let prompts = ["In the beginning", "And he said unto them", "The Lord is"];
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-prompts.txt");
+    let text = format!("{}\n\n{}\n{}\n", prompts[0], prompts[1], prompts[2]);
+    std::fs::write(&file, text).expect("write the prompts");
+    let dir = repo("models/kjv-gpt2");
+    let (model, tokenizer) = (
+        Gpt2::from_dir(&dir).expect("the bundled model"),
+        Tokenizer::from_dir(&dir).expect("its tokenizer"),
+    );
+    let options = GenerateOptions {
+        max_new_tokens: 6,
+        ..GenerateOptions::default()
+    };
+    let alone: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let ids = tokenizer.encode(p).expect("encode");
+            generate(&model, &tokenizer, &ids, &options).expect("generate")
+        })
+        .collect();
+    for batch_size in ["2", "8"] {
+        let args = [
+            "--prompts",
+            file.to_str().expect("UTF-8"),
+            "--batch-size",
+            batch_size,
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "--model",
+            "models/kjv-gpt2",
+        ];
+        let out = run("generate", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "generate {args:?}: {stderr}");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            prompts.len(),
+            "batch size {batch_size}: {lines:?}"
+        );
+        for ((line, prompt), (ids, reason)) in lines.iter().zip(prompts).zip(&alone) {
+            assert_eq!(line["prompt"], *prompt, "batch size {batch_size}");
+            let got: Vec<u32> = serde_json::from_value(line["ids"].clone()).expect("ids");
+            assert_eq!(&got, ids, "batch size {batch_size}: {prompt:?}");
+            assert_eq!(line["stop_reason"], format!("{reason:?}"), "{prompt:?}");
+            assert!(line["text"].is_string(), "batch size {batch_size}: {line}");
+        }
+    }
 }
