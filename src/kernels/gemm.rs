@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::convert::{widen, Element};
 use super::fastmath::dot;
-use super::simd::{self, simd_targets, Simd};
+use super::simd::{self, prefetch_l2, simd_targets, Simd};
 use crate::weights::Stored;
 
 /// Products with at most this many rows on the left use the matrix–vector kernels.
@@ -610,7 +610,6 @@ fn band_tiles_8x32(
 ) {
     use std::arch::x86_64::_mm512_storeu_ps;
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     const R: usize = 8;
     /// How far ahead (in rows of `w`) the weights are prefetched, into the
     /// L2 cache, as in `kernels/head.rs` (`PREFETCH_TILES`). (16 rows into the L1 cache, as
@@ -637,8 +636,8 @@ fn band_tiles_8x32(
             // and past the end of `w` it fetches nothing useful.)
             for l in 0..TILE_DEPTH {
                 let ahead = w_block.as_ptr().wrapping_add((PREFETCH_ROWS + l) * ldw);
-                _mm_prefetch::<_MM_HINT_T1>(ahead.cast::<i8>());
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(16).cast::<i8>());
+                prefetch_l2(ahead);
+                prefetch_l2(ahead.wrapping_add(16));
             }
             for g in 0..groups {
                 let steps = &panels[(g * k + k0) * R..][..depth * R];
@@ -679,7 +678,8 @@ fn band_tiles_8x32(
 ///
 /// The rows of `b` are cut into blocks of [`GEMV_ROW_BLOCK`]: each task reads
 /// its block front to back (one contiguous stretch of memory, which is what
-/// the hardware prefetcher streams best) into partial sums of its own, and the
+/// the hardware prefetcher streams best; on x86 the passes also ask for the
+/// rows [`GEMV_PREFETCH_ROWS`] ahead) into partial sums of its own, and the
 /// partial sums are then added in block order. The blocks depend on `k` only,
 /// so the result does not depend on the number of threads.
 fn gemv_rows<E: Element>(
@@ -746,11 +746,12 @@ simd_targets! {
     }
 }
 
-/// [`add_scaled_rows`], or its AVX-512 or AVX2 twin for `f16` weights (the
-/// same arithmetic, with the hardware conversion).
+/// [`add_scaled_rows`], or its AVX-512 or AVX2 twin (the same arithmetic,
+/// the weights widened as they are loaded, with the hardware conversion for
+/// `f16`, and the rows ahead asked for: see [`GEMV_PREFETCH_ROWS`]).
 fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(rows) = E::view_f16(rows) {
+    {
         use super::{half_avx512, half_f16c};
         let narrow = acc.len() <= NARROW;
         match simd::level() {
@@ -758,16 +759,16 @@ fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f
             // to have AVX-512 F (`simd::level`).
             Simd::Avx512 => unsafe {
                 return match narrow {
-                    true => half_avx512::scaled_row_passes_f16::<1>(acc, rows, xs),
-                    false => half_avx512::scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs),
+                    true => half_avx512::scaled_row_passes::<1, E>(acc, rows, xs),
+                    false => half_avx512::scaled_row_passes::<ROWS_PER_PASS, E>(acc, rows, xs),
                 };
             },
             // SAFETY: the level is `Avx2` only on a CPU that was detected to
             // have AVX2 and F16C (`simd::level`).
             Simd::Avx2 => unsafe {
                 return match narrow {
-                    true => half_f16c::scaled_row_passes_f16::<1>(acc, rows, xs),
-                    false => half_f16c::scaled_row_passes_f16::<ROWS_PER_PASS>(acc, rows, xs),
+                    true => half_f16c::scaled_row_passes::<1, E>(acc, rows, xs),
+                    false => half_f16c::scaled_row_passes::<ROWS_PER_PASS, E>(acc, rows, xs),
                 };
             },
             _ => {}
@@ -775,6 +776,13 @@ fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f
     }
     add_scaled_rows(acc, rows, xs)
 }
+
+/// How far ahead (in rows of weights) the AVX-512 and AVX2 passes of
+/// [`add_scaled_rows_any`] ask for the rows they will read, into the L2
+/// cache: one pass of [`ROWS_PER_PASS`] ahead for the wide rows, 24 KB ahead
+/// for the narrow ones (768 weights). The hardware prefetcher alone left each
+/// core's stream of weights short of what the memory gives.
+pub(super) const GEMV_PREFETCH_ROWS: usize = 8;
 
 /// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
 #[inline(always)]

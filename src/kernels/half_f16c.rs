@@ -1,8 +1,10 @@
-//! The `f16` loops of the matrix–vector kernels with AVX2 and F16C's
-//! conversion: `vcvtph2ps` widens 8 halves to 8 `f32`s in one instruction
-//! (the portable bit arithmetic of [`super::convert`] takes about ten per
-//! vector), for CPUs without AVX-512 — what [`super::half_avx512`] is to
-//! AVX-512 CPUs, at 8 lanes instead of 16.
+//! The loops of the matrix–vector kernels written for AVX2 and F16C, for
+//! weights of every stored type: `f16` widened by F16C's conversion
+//! (`vcvtph2ps` widens 8 halves to 8 `f32`s in one instruction, where the
+//! portable bit arithmetic of [`super::convert`] takes about ten per
+//! vector), `bf16` by a shift, `f32` as it is ([`load8`]). For CPUs without
+//! AVX-512: what [`super::half_avx512`] is to AVX-512 CPUs, at 8 lanes
+//! instead of 16.
 //!
 //! Each function does exactly the arithmetic of the generic loop it stands
 //! for, in the same order (multiplies and adds, never fused), so the results
@@ -19,7 +21,10 @@ use std::arch::x86_64::{
 use half::f16;
 use ndarray::ArrayView2;
 
+use super::convert::Element;
 use super::fastmath::LANES;
+use super::gemm::GEMV_PREFETCH_ROWS;
+use super::simd::prefetch_l2;
 
 /// Lanes of one AVX register of `f32`s.
 const W: usize = 8;
@@ -37,6 +42,36 @@ pub(super) unsafe fn load_halves(y: &[f16], j: usize) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(y.as_ptr().add(j).cast::<__m128i>())) }
 }
 
+/// Eight values of `y` from `y[p]`, widened to `f32`.
+///
+/// # Safety
+///
+/// `p + 8 <= y.len()`, and the CPU has AVX2 and F16C.
+#[inline(always)]
+pub(super) unsafe fn load8<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::{
+        __m128i, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_loadu_ps, _mm256_slli_epi32,
+        _mm_loadu_si128,
+    };
+    debug_assert!(p + 8 <= y.len());
+    // SAFETY (all three): the caller guarantees that 8 values from `p` are
+    // inside `y`; unaligned loads need no alignment; AVX2 and F16C are there.
+    unsafe {
+        if let Some(y) = E::slice_f32(y) {
+            _mm256_loadu_ps(y.as_ptr().add(p))
+        } else if let Some(y) = E::slice_f16(y) {
+            load_halves(y, p)
+        } else if let Some(y) = E::slice_bf16(y) {
+            // Its bits are the high half of the f32's.
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(y.as_ptr().add(p).cast::<__m128i>()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        } else {
+            let piece: [f32; 8] = std::array::from_fn(|l| y.get_unchecked(p + l).to_f32());
+            _mm256_loadu_ps(piece.as_ptr())
+        }
+    }
+}
+
 /// [`super::convert::widen`] for `f16`.
 #[target_feature(enable = "avx2,f16c")]
 pub(super) fn widen_f16(src: &[f16], dst: &mut [f32]) {
@@ -51,13 +86,15 @@ pub(super) fn widen_f16(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// The passes of `gemm::scaled_row_passes::<R, f16>`: `acc += Σᵢ xᵢ · rows[i]`,
+/// The passes of `gemm::scaled_row_passes::<R, E>`: `acc += Σᵢ xᵢ · rows[i]`,
 /// `R` rows per pass, each pass `acc + (x₀w₀ + x₁w₁ + …)`; the last rows one
-/// by one, `acc + xᵢwᵢ`.
+/// by one, `acc + xᵢwᵢ`; the weights of any stored type widened as they are
+/// loaded. Each cache line of a pass's rows is first asked for
+/// `GEMV_PREFETCH_ROWS` rows ahead, into the L2 cache.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) fn scaled_row_passes_f16<const R: usize>(
+pub(super) fn scaled_row_passes<const R: usize, E: Element>(
     acc: &mut [f32],
-    rows: ArrayView2<f16>,
+    rows: ArrayView2<E>,
     xs: &[f32],
 ) {
     let n = acc.len();
@@ -65,19 +102,29 @@ pub(super) fn scaled_row_passes_f16<const R: usize>(
     assert_eq!(rows.nrows(), xs.len(), "one input per row");
     let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
     let vectors = n / W * W;
-    let k = rows.nrows();
+    let (k, stride) = (rows.nrows(), rows.strides()[0]);
+    let line = (64 / std::mem::size_of::<E>().max(1)).max(1); // values in a cache line
     let mut i = 0;
     while i + R <= k {
-        let w: [&[f16]; R] = std::array::from_fn(|r| row(i + r));
+        let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
         let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
         let xv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(x[r]));
+        // Rows past the end are asked for too: a hint, never a fault.
+        let ahead = rows
+            .as_ptr()
+            .wrapping_offset((i + GEMV_PREFETCH_ROWS) as isize * stride);
         for j in (0..vectors).step_by(W) {
-            // SAFETY: every row has n = acc.len() halves (asserted above) and
+            if j % line == 0 {
+                for r in 0..R {
+                    prefetch_l2(ahead.wrapping_offset(r as isize * stride + j as isize));
+                }
+            }
+            // SAFETY: every row has n = acc.len() values (asserted above) and
             // j + 8 <= n; AVX2 and F16C are enabled.
             unsafe {
-                let mut s = _mm256_mul_ps(xv[0], load_halves(w[0], j));
+                let mut s = _mm256_mul_ps(xv[0], load8(w[0], j));
                 for r in 1..R {
-                    s = _mm256_add_ps(s, _mm256_mul_ps(xv[r], load_halves(w[r], j)));
+                    s = _mm256_add_ps(s, _mm256_mul_ps(xv[r], load8(w[r], j)));
                 }
                 let y = acc.as_mut_ptr().add(j);
                 _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), s));
@@ -99,7 +146,7 @@ pub(super) fn scaled_row_passes_f16<const R: usize>(
             // SAFETY: as above.
             unsafe {
                 let y = acc.as_mut_ptr().add(j);
-                let p = _mm256_mul_ps(xv, load_halves(w, j));
+                let p = _mm256_mul_ps(xv, load8(w, j));
                 _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), p));
             }
         }

@@ -151,11 +151,10 @@ const PREFETCH_TILES: usize = 2;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch<E, const RW: usize>(ys: [&[E]; RW], p: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
     for y in ys {
-        // SAFETY: a hint, never a fault: the address need not be valid (and
+        // A hint, never a fault: the address need not be valid (and
         // `wrapping_add` computes it without undefined behaviour).
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(y.as_ptr().wrapping_add(p).cast::<i8>()) };
+        simd::prefetch_l2(y.as_ptr().wrapping_add(p));
     }
 }
 
@@ -189,42 +188,6 @@ const RA: usize = 4;
 /// Rows of `wte` (columns of `wteᵀ`) in one AVX-512 tile.
 #[cfg(target_arch = "x86_64")]
 const RW: usize = 4;
-
-/// Sixteen values of `y` from `y[p]`, widened to `f32`.
-///
-/// # Safety
-///
-/// `p + 16 <= y.len()`, and the CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::{
-        __m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_cvtph_ps,
-        _mm512_loadu_ps, _mm512_slli_epi32,
-    };
-    debug_assert!(p + LANES <= y.len());
-    // SAFETY (all three): the caller guarantees that 16 values from `p` are
-    // inside `y`; unaligned loads need no alignment; AVX-512 F is there.
-    unsafe {
-        if let Some(y) = E::slice_f32(y) {
-            _mm512_loadu_ps(y.as_ptr().add(p))
-        } else if let Some(y) = E::slice_f16(y) {
-            _mm512_cvtph_ps(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()))
-        } else if let Some(y) = E::slice_bf16(y) {
-            // Its bits are the high half of the f32's. (Widened one value at
-            // a time, as before, the bf16 head at B = 8 took 28–29 ms, two to
-            // three times the f16 one's 9.6–13.5 ms; both take 5.5 ms with the
-            // loops of `tile_avx512` as they are now; GPT-2 small, AMD Zen 4,
-            // 2 threads.)
-            let bits =
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()));
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
-        } else {
-            let piece: [f32; LANES] = std::array::from_fn(|l| y.get_unchecked(p + l).to_f32());
-            _mm512_loadu_ps(piece.as_ptr())
-        }
-    }
-}
 
 /// The `RA × RW` dot products of `xs` and `ys` with AVX-512: [`dot`](super::fastmath::dot)'s 16
 /// lane sums, one register each (`acc + x·y`, the multiply rounded, then the
@@ -286,7 +249,7 @@ unsafe fn piece_avx512<E: Element>(
     // SAFETY: the caller guarantees that 16 values from `p` are inside every
     // slice and that AVX-512 F is there; unaligned loads need no alignment.
     unsafe {
-        let y: [__m512; RW] = std::array::from_fn(|j| load16(ys[j], p));
+        let y: [__m512; RW] = std::array::from_fn(|j| super::half_avx512::load16(ys[j], p));
         for i in 0..RA {
             let x = _mm512_loadu_ps(xs[i].as_ptr().add(p));
             for j in 0..RW {
@@ -302,37 +265,6 @@ const RA_AVX2: usize = 2;
 /// Rows of `wte` (columns of `wteᵀ`) in one AVX2 tile.
 #[cfg(target_arch = "x86_64")]
 const RW_AVX2: usize = 2;
-
-/// Eight values of `y` from `y[p]`, widened to `f32`.
-///
-/// # Safety
-///
-/// `p + 8 <= y.len()`, and the CPU has AVX2 and F16C.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load8<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::{
-        __m128i, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_loadu_ps, _mm256_slli_epi32,
-        _mm_loadu_si128,
-    };
-    debug_assert!(p + 8 <= y.len());
-    // SAFETY (all three): the caller guarantees that 8 values from `p` are
-    // inside `y`; unaligned loads need no alignment; AVX2 and F16C are there.
-    unsafe {
-        if let Some(y) = E::slice_f32(y) {
-            _mm256_loadu_ps(y.as_ptr().add(p))
-        } else if let Some(y) = E::slice_f16(y) {
-            super::half_f16c::load_halves(y, p)
-        } else if let Some(y) = E::slice_bf16(y) {
-            // Its bits are the high half of the f32's.
-            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(y.as_ptr().add(p).cast::<__m128i>()));
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
-        } else {
-            let piece: [f32; 8] = std::array::from_fn(|l| y.get_unchecked(p + l).to_f32());
-            _mm256_loadu_ps(piece.as_ptr())
-        }
-    }
-}
 
 /// The `R × RW_AVX2` dot products of `xs` and `ys` with AVX2: [`dot`](super::fastmath::dot)'s 16
 /// lane sums as two registers of 8 each (`acc + x·y`, the multiply rounded,
@@ -402,7 +334,7 @@ unsafe fn piece_avx2<E: Element, const R: usize>(
     // alignment.
     unsafe {
         for (acc, q) in [(low, p), (high, p + LANES / 2)] {
-            let y: [__m256; RW_AVX2] = std::array::from_fn(|j| load8(ys[j], q));
+            let y: [__m256; RW_AVX2] = std::array::from_fn(|j| super::half_f16c::load8(ys[j], q));
             for i in 0..R {
                 let x = _mm256_loadu_ps(xs[i].as_ptr().add(q));
                 for j in 0..RW_AVX2 {

@@ -262,3 +262,22 @@ macro_rules! simd_targets {
     };
 }
 pub(crate) use simd_targets;
+
+/// Ask for the cache line at `p` to be brought into the L2 cache
+/// (`prefetcht1` on x86-64; nothing elsewhere).
+///
+/// A hint: it never faults and reads nothing into the program, so `p` need
+/// not point into anything (compute it with `wrapping_add` or
+/// `wrapping_offset`, which are defined for any address).
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint to the cache: it never faults, whatever
+    // the address, and changes nothing the program can read.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
