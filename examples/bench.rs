@@ -52,7 +52,7 @@ struct Args {
     /// Run only these cases, comma-separated: first-logits, prefill, decode,
     /// batch, decode-profile (where a decoding step's time goes, against the
     /// read bandwidth of the weights where they lie), memory (the peak-memory
-    /// probe).
+    /// probe), alternated (each half dtype against f32 in alternating rounds).
     #[arg(long)]
     case: Option<String>,
     /// The dtypes to keep the weights in, each its own run on the same random
@@ -77,6 +77,9 @@ const STEPS: usize = 2 + 1 + PREFILL.len() + 1 + 1 + 1;
 /// batch, left-padded on the transformers side).
 const BATCHED_DECODING: [usize; 4] = [1, 4, 8, 32];
 const BATCHED_NEW: usize = 64;
+
+/// Rounds of the alternated half-versus-f32 measurement.
+const ALTERNATED_ROUNDS: usize = 5;
 
 fn batched_prompt_len(b: usize) -> usize {
     10 + b % 5
@@ -154,13 +157,14 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("JSON written to {}", path.display());
         return Ok(());
     }
-    const CASES: [&str; 6] = [
+    const CASES: [&str; 7] = [
         "first-logits",
         "prefill",
         "decode",
         "batch",
         "decode-profile",
         "memory",
+        "alternated",
     ];
     for case in args.case.iter().flat_map(|c| c.split(',')) {
         anyhow::ensure!(
@@ -193,13 +197,27 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
             runs.push(pool.install(|| measure(&d, dtype, &tokenizer, threads, reps, case, &bar))?);
         }
     }
+    let wanted = |name: &str| {
+        args.case
+            .as_ref()
+            .is_none_or(|c| c.split(',').any(|c| c == name))
+    };
+    let alternated = match args.threads.iter().max() {
+        Some(&threads) if wanted("alternated") && args.dtypes.len() > 1 => {
+            bar.set_message("the dtypes alternated");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let rounds = if args.quick { 2 } else { ALTERNATED_ROUNDS };
+            let by_round =
+                pool.install(|| alternated(dir, &args.dtypes, &tokenizer, rounds, &bar))?;
+            json!({"threads": threads, "rounds": by_round})
+        }
+        _ => Value::Null,
+    };
     bar.set_message("peak memory");
     let mut rss_by_dtype = serde_json::Map::new();
-    if args
-        .case
-        .as_ref()
-        .is_none_or(|c| c.split(',').any(|c| c == "memory"))
-    {
+    if wanted("memory") {
         for &dtype in &args.dtypes {
             rss_by_dtype.insert(
                 dtype.to_string(),
@@ -219,8 +237,10 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         "runs": runs,
         "peak_rss_mb": rss,
         "peak_rss_mb_by_dtype": rss_by_dtype,
+        "alternated": alternated,
     });
     print_table(&report);
+    print_alternated(&report["alternated"]);
     if let Some(parent) = args.json.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -366,6 +386,121 @@ fn measure(
         "batched_decoding": batched,
         "decode_profile": profile,
     }))
+}
+
+/// Every dtype of `dtypes` in alternation, `rounds` times: each round
+/// measures, one dtype after the other, decoding (`generate`, the same 16 +
+/// 128 tokens as the decode case, the prompt's prefill taken out) with the
+/// read bandwidth just before and after it, then prefill at T = 128 and
+/// T = 1024. A shared host that slows down for a while then slows the dtypes
+/// of one round alike, so each round gives ratios of its own (a dtype's runs
+/// one after the other, minutes apart, do not). Every round is kept.
+fn alternated(
+    dir: &Path,
+    dtypes: &[Dtype],
+    tokenizer: &Tokenizer,
+    rounds: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<Value>> {
+    let models = dtypes
+        .iter()
+        .map(|&d| Ok((d, Gpt2::from_dir(dir_of(dir, d))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rng = Rng::new(3);
+    let mut ids = |n: usize| {
+        (0..n)
+            .map(|_| (rng.next_u64() % 50000) as u32)
+            .collect::<Vec<u32>>()
+    };
+    let (p_decode, p128, p1024) = (ids(DECODE_PROMPT), ids(128), ids(1024));
+    let options = GenerateOptions {
+        max_new_tokens: DECODE_NEW,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let mut by_round = Vec::new();
+    for r in 0..rounds {
+        bar.set_message(format!("the dtypes alternated, round {}/{rounds}", r + 1));
+        let mut round = serde_json::Map::new();
+        for (dtype, model) in &models {
+            let prefill = |prompt: &[u32], reps: usize| {
+                best_of(reps, || {
+                    model.next_token_logits(prompt).expect("prefill");
+                })
+                .as_secs_f64()
+            };
+            let before = read_bandwidth_gbs();
+            let start = Instant::now();
+            generate(model, tokenizer, &p_decode, &options)?;
+            let decode = start.elapsed().as_secs_f64();
+            let after = read_bandwidth_gbs();
+            let per_token = (decode - prefill(&p_decode, 3)) / DECODE_NEW as f64;
+            // The better reading of the two: never flattering the fraction.
+            let bandwidth = before.max(after);
+            round.insert(
+                dtype.to_string(),
+                json!({
+                    "decode_ms_per_token": per_token * 1e3,
+                    "read_bandwidth_gbs": bandwidth,
+                    "fraction_of_bandwidth": model.weight_bytes() as f64 / per_token / (bandwidth * 1e9),
+                    "prefill_128_ms": prefill(&p128, 3) * 1e3,
+                    "prefill_1024_ms": prefill(&p1024, 1) * 1e3,
+                }),
+            );
+        }
+        by_round.push(Value::Object(round));
+    }
+    Ok(by_round)
+}
+
+/// The median of some numbers (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The alternated rounds' ratios to f32, each a median over the rounds.
+fn print_alternated(alternated: &Value) {
+    let Some(rounds) = alternated["rounds"].as_array() else {
+        return;
+    };
+    let of = |round: &Value, dtype: &str, key: &str| round[dtype][key].as_f64();
+    let over_rounds =
+        |f: &dyn Fn(&Value) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
+    println!(
+        "
+the dtypes alternated, {} round(s), {} thread(s): medians of the rounds",
+        rounds.len(),
+        alternated["threads"]
+    );
+    println!(
+        "  {:<6} {:>14} {:>14} {:>16} {:>16}",
+        "dtype", "decode ÷ f32", "of bandwidth", "T=128 ÷ f32", "T=1024 ÷ f32"
+    );
+    let dtypes = rounds[0]
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>());
+    for dtype in dtypes.into_iter().flatten() {
+        let ratio = |key: &str, speed: bool| {
+            over_rounds(&|r| {
+                let (x, f32) = (of(r, &dtype, key)?, of(r, "f32", key)?);
+                Some(if speed { f32 / x } else { x / f32 })
+            })
+        };
+        println!(
+            "  {:<6} {:>13.2}× {:>14.2} {:>15.2}× {:>15.2}×",
+            dtype,
+            ratio("decode_ms_per_token", true),
+            over_rounds(&|r| of(r, &dtype, "fraction_of_bandwidth")),
+            ratio("prefill_128_ms", false),
+            ratio("prefill_1024_ms", false),
+        );
+    }
 }
 
 /// Batched greedy decoding through the public API (`generate_batch`):
