@@ -657,7 +657,7 @@ def half_rows(rust: dict, torch: dict, threads: int) -> tuple[list[list[str]], l
         checks.append(Target(f"{d}: decode ≥ 1.7× f32 ({threads} threads; {how})",
                              f"{speedup:.2f}×", speedup >= 1.7))
         checks.append(Target(f"{d}: decode ≥ 0.85 of read bandwidth, bytes actually read ({how})",
-                             f"{fraction:.2f}", fraction >= 0.85))
+                             f"{fraction:.3f}", fraction >= 0.85))
         for t in (128, 1024):
             checks.append(Target(f"{d}: prefill T={t} ≤ 1.10× f32 ({how})", f"{slower[t]:.2f}×",
                                  slower[t] <= 1.10))
