@@ -310,15 +310,16 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def command(*argv: str) -> str:
+    """What a command prints, stripped ("?" when it cannot run)."""
+    try:
+        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
 def git_commit() -> str:
     """HEAD's short hash, marked when the working tree has uncommitted changes."""
-
-    def command(*argv: str) -> str:
-        try:
-            return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            return "?"
-
     commit = command("git", "rev-parse", "--short", "HEAD")
     if command("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
@@ -458,13 +459,6 @@ def markdown_table(rows: list[list[str]]) -> str:
 def environment(torch: dict, rust: dict | None = None) -> dict[str, str]:
     """Date, CPU, the instruction set of each of the crate's kernels, versions:
     what a reader needs to weigh the figures."""
-
-    def command(*argv: str) -> str:
-        try:
-            return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            return "?"
-
     cpu = next((line.split(":", 1)[1].strip()
                 for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "?")

@@ -784,6 +784,24 @@ fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f
 /// core's stream of weights short of what the memory gives.
 pub(super) const GEMV_PREFETCH_ROWS: usize = 8;
 
+/// For a pass over rows `i..i + R` of `rows`, at column `j`: ask for the
+/// cache line at column `j` of the `R` rows [`GEMV_PREFETCH_ROWS`] further
+/// on, once a line (nothing for a `j` inside a line already asked for). Rows
+/// past the end are asked for too: a hint, never a fault.
+#[inline(always)]
+pub(super) fn prefetch_pass_ahead<const R: usize, E>(rows: &ArrayView2<E>, i: usize, j: usize) {
+    let line = (64 / std::mem::size_of::<E>().max(1)).max(1); // values in a cache line
+    if j.is_multiple_of(line) {
+        let stride = rows.strides()[0];
+        let ahead = rows
+            .as_ptr()
+            .wrapping_offset((i + GEMV_PREFETCH_ROWS) as isize * stride);
+        for r in 0..R {
+            prefetch_l2(ahead.wrapping_offset(r as isize * stride + j as isize));
+        }
+    }
+}
+
 /// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
 #[inline(always)]
 fn scaled_row_passes<const R: usize, E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {

@@ -24,8 +24,7 @@ use ndarray::ArrayView2;
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::GEMV_PREFETCH_ROWS;
-use super::simd::prefetch_l2;
+use super::gemm::prefetch_pass_ahead;
 
 /// Lanes of one AVX-512 register of `f32`s.
 const W: usize = 16;
@@ -51,8 +50,8 @@ unsafe fn load_halves(y: &[f16], j: usize) -> __m512 {
 #[inline(always)]
 pub(super) unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::{
-        __m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_cvtph_ps,
-        _mm512_loadu_ps, _mm512_slli_epi32,
+        __m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_loadu_ps,
+        _mm512_slli_epi32,
     };
     debug_assert!(p + LANES <= y.len());
     // SAFETY (all three): the caller guarantees that 16 values from `p` are
@@ -61,7 +60,7 @@ pub(super) unsafe fn load16<E: Element>(y: &[E], p: usize) -> std::arch::x86_64:
         if let Some(y) = E::slice_f32(y) {
             _mm512_loadu_ps(y.as_ptr().add(p))
         } else if let Some(y) = E::slice_f16(y) {
-            _mm512_cvtph_ps(_mm256_loadu_si256(y.as_ptr().add(p).cast::<__m256i>()))
+            load_halves(y, p)
         } else if let Some(y) = E::slice_bf16(y) {
             // Its bits are the high half of the f32's. (Widened one value at
             // a time, as before, the bf16 head at B = 8 took 28–29 ms, two to
@@ -108,23 +107,14 @@ pub(super) fn scaled_row_passes<const R: usize, E: Element>(
     assert_eq!(rows.nrows(), xs.len(), "one input per row");
     let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
     let vectors = n / W * W;
-    let (k, stride) = (rows.nrows(), rows.strides()[0]);
-    let line = (64 / std::mem::size_of::<E>().max(1)).max(1); // values in a cache line
+    let k = rows.nrows();
     let mut i = 0;
     while i + R <= k {
         let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
         let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
         let xv: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(x[r]));
-        // Rows past the end are asked for too: a hint, never a fault.
-        let ahead = rows
-            .as_ptr()
-            .wrapping_offset((i + GEMV_PREFETCH_ROWS) as isize * stride);
         for j in (0..vectors).step_by(W) {
-            if j % line == 0 {
-                for r in 0..R {
-                    prefetch_l2(ahead.wrapping_offset(r as isize * stride + j as isize));
-                }
-            }
+            prefetch_pass_ahead::<R, E>(&rows, i, j);
             // SAFETY: every row has n = acc.len() values (asserted above) and
             // j + 16 <= n; AVX-512 F is enabled.
             unsafe {

@@ -23,8 +23,7 @@ use ndarray::ArrayView2;
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::GEMV_PREFETCH_ROWS;
-use super::simd::prefetch_l2;
+use super::gemm::prefetch_pass_ahead;
 
 /// Lanes of one AVX register of `f32`s.
 const W: usize = 8;
@@ -102,23 +101,14 @@ pub(super) fn scaled_row_passes<const R: usize, E: Element>(
     assert_eq!(rows.nrows(), xs.len(), "one input per row");
     let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
     let vectors = n / W * W;
-    let (k, stride) = (rows.nrows(), rows.strides()[0]);
-    let line = (64 / std::mem::size_of::<E>().max(1)).max(1); // values in a cache line
+    let k = rows.nrows();
     let mut i = 0;
     while i + R <= k {
         let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
         let x: [f32; R] = std::array::from_fn(|r| xs[i + r]);
         let xv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(x[r]));
-        // Rows past the end are asked for too: a hint, never a fault.
-        let ahead = rows
-            .as_ptr()
-            .wrapping_offset((i + GEMV_PREFETCH_ROWS) as isize * stride);
         for j in (0..vectors).step_by(W) {
-            if j % line == 0 {
-                for r in 0..R {
-                    prefetch_l2(ahead.wrapping_offset(r as isize * stride + j as isize));
-                }
-            }
+            prefetch_pass_ahead::<R, E>(&rows, i, j);
             // SAFETY: every row has n = acc.len() values (asserted above) and
             // j + 8 <= n; AVX2 and F16C are enabled.
             unsafe {
