@@ -461,7 +461,10 @@ fn half_dot_products_equal_the_f32_ones() {
 /// the bits that row gets alone (the matrix–vector kernel of one row), for
 /// `f32`, `f16` and `bf16` weights: whole 4 × 4 tiles and the rows and
 /// columns past them, bands of 256 columns and a narrower last one, `k` not
-/// a multiple of 16, and one row past the kernel (the GEMM, only close).
+/// a multiple of 16, the tall 8 × 2 tile with AVX-512 (8 and 16 rows whose
+/// `f32` rows do not fit in the L1 cache beside 4 rows of the weight, but do
+/// beside 2: `k` = 768 and 420; with `f16` weights the 4 × 4 tile), and one
+/// row past the kernel (the GEMM, only close).
 #[test]
 fn the_head_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
     use gpt2_ndarray::kernels::gemm::HEAD_MAX_ROWS;
@@ -470,6 +473,7 @@ fn the_head_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
         for (m, k, n) in [
             (5, 16, 4),
             (8, 768, 517),
+            (16, 420, 35),
             (7, 13, 259),
             (13, 33, 1000),
             (16, 770, 300),

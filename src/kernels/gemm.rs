@@ -296,7 +296,9 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         (
             "head, 5–32 rows (wteᵀ)",
             match level {
-                Simd::Avx512 => format!("{level} (4 × 4 tile of dot products, intrinsics)"),
+                Simd::Avx512 => format!(
+                    "{level} (4 × 4 tile of dot products, intrinsics; 8 × 2 where only it fits in L1)"
+                ),
                 Simd::Avx2 => format!("{level} (2 × 2 tile of dot products, intrinsics)"),
                 _ => format!("{level} (a dot product per column)"),
             },

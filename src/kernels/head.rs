@@ -14,7 +14,10 @@
 //! `wte` of a tile stay in the L1 cache while every group of 4 rows of `a`
 //! passes over them, and the rows of the tile after next are prefetched
 //! into the L2 cache meanwhile, so each row of `wte` comes from memory once
-//! per step whatever B is. With
+//! per step whatever B is. (When all of `a` would fit in the L1 cache beside
+//! 2 rows of `wte` but not beside 4, as a batch of 8 does over GPT-2's `f32`
+//! head, the tile is 8 rows of `a` × 2 of `wte` instead: see
+//! [`tall_tile_fits`].) With
 //! AVX2 (16 registers of 8 lanes) the tile is 2 rows of `a` × 2 rows of
 //! `wte`, each sum's 16 lanes in two registers: eight chains of adds, enough
 //! to hide their latency, which a single dot product (two chains) cannot. At the other levels (AVX,
@@ -69,10 +72,15 @@ pub(super) fn dot_tiles<E: Element>(
                 .map(|col| col.to_slice().expect("unit row stride"))
                 .collect();
             return match level {
-                Simd::Avx512 => band_tiles(rows, &columns, c_band, output, |xs, ys, next| {
-                    // SAFETY: the level is `Avx512` only on a CPU that was
-                    // detected to have AVX-512 F (see `simd::level`).
-                    unsafe { tile_avx512(xs, ys, next) }
+                // SAFETY (both AVX-512 arms): the level is `Avx512` only on
+                // a CPU that was detected to have AVX-512 F (see `simd::level`).
+                Simd::Avx512 if tall_tile_fits::<E>(rows.len(), b_band.nrows()) => {
+                    band_tiles(rows, &columns, c_band, output, |xs, ys, next| unsafe {
+                        tile_avx512::<E, RA_TALL, RW_TALL>(xs, ys, next)
+                    })
+                }
+                Simd::Avx512 => band_tiles(rows, &columns, c_band, output, |xs, ys, next| unsafe {
+                    tile_avx512::<E, RA, RW>(xs, ys, next)
                 }),
                 _ => band_tiles(rows, &columns, c_band, output, |xs, ys, next| {
                     // SAFETY: the level is `Avx2` only on a CPU that was
@@ -188,6 +196,37 @@ const RA: usize = 4;
 /// Rows of `wte` (columns of `wteᵀ`) in one AVX-512 tile.
 #[cfg(target_arch = "x86_64")]
 const RW: usize = 4;
+/// Rows of `a` in the tall AVX-512 tile (see [`tall_tile_fits`]).
+#[cfg(target_arch = "x86_64")]
+const RA_TALL: usize = 8;
+/// Rows of `wte` in the tall AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const RW_TALL: usize = 2;
+/// The L1 data cache the tiles are chosen for: 32 KB, the smallest of the
+/// x86 cores with AVX-512 (48 KB on recent Intel ones).
+#[cfg(target_arch = "x86_64")]
+const L1_BYTES: usize = 32 * 1024;
+
+/// Whether [`dot_tiles`] takes the tall AVX-512 tile, 8 rows of `a` × 2 rows
+/// of `wte`, for `m` rows of `a` of length `k`: when `m` is a multiple of 8,
+/// `a` and the 4 rows of `wte` of a 4 × 4 tile do not fit in the L1 cache
+/// together, and `a` and the 2 rows of a tall tile do. Every row of `a` is
+/// then read from the L1 cache for every tile, instead of pushing the tile's
+/// rows of `wte` (or itself) out of it. A decoding batch of 8 over GPT-2's
+/// `f32` head is that case (24 KB of `a`, 12 KB in four rows of `wte`, 6 KB
+/// in two): the head took 4.98–6.09 ms (best of 25) with the tall tile,
+/// 6.07–6.52 ms with 4 × 4 (medians 5.61–6.48 and 6.76–7.92; AMD EPYC Zen
+/// 4, 2 threads, the two tiles alternated four times). With `f16` weights
+/// a 4 × 4 tile fits (30 KB) and stays: the tall one was no faster there
+/// (5.68–5.87 vs 5.34–5.70 ms), nor at 16 rows of `a` (where neither fits;
+/// 9.93–11.42 vs 10.02–10.10 ms), and it was slower at 32 (18.5 vs 17.0).
+#[cfg(target_arch = "x86_64")]
+fn tall_tile_fits<E>(m: usize, k: usize) -> bool {
+    let bytes = |a_rows: usize, w_rows: usize| {
+        k * (a_rows * std::mem::size_of::<f32>() + w_rows * std::mem::size_of::<E>())
+    };
+    m.is_multiple_of(RA_TALL) && bytes(m, RW) > L1_BYTES && bytes(m, RW_TALL) <= L1_BYTES
+}
 
 /// The `RA × RW` dot products of `xs` and `ys` with AVX-512: [`dot`](super::fastmath::dot)'s 16
 /// lane sums, one register each (`acc + x·y`, the multiply rounded, then the
@@ -196,7 +235,7 @@ const RW: usize = 4;
 /// `RA · RW` multiplies and adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn tile_avx512<E: Element>(
+fn tile_avx512<E: Element, const RA: usize, const RW: usize>(
     xs: [&[f32]; RA],
     ys: [&[E]; RW],
     next: Option<[&[E]; RW]>,
@@ -239,7 +278,7 @@ fn tile_avx512<E: Element>(
 /// `p + 16` is at most the length of every slice, and the CPU has AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn piece_avx512<E: Element>(
+unsafe fn piece_avx512<E: Element, const RA: usize, const RW: usize>(
     acc: &mut [[std::arch::x86_64::__m512; RW]; RA],
     xs: [&[f32]; RA],
     ys: [&[E]; RW],
@@ -342,5 +381,24 @@ unsafe fn piece_avx2<E: Element, const R: usize>(
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::tall_tile_fits;
+    use half::f16;
+
+    /// The shapes `tests/kernels.rs` runs through the tall tile take it (so
+    /// its bits are tested there), and the others do not.
+    #[test]
+    fn the_tall_tile_is_taken_where_only_it_fits_in_l1() {
+        assert!(tall_tile_fits::<f32>(8, 768)); // a batch of 8, GPT-2 small
+        assert!(tall_tile_fits::<f32>(16, 420));
+        assert!(!tall_tile_fits::<f16>(8, 768)); // 4 × 4 fits
+        assert!(!tall_tile_fits::<f32>(8, 512)); // 4 × 4 fits
+        assert!(!tall_tile_fits::<f32>(16, 770)); // neither fits
+        assert!(!tall_tile_fits::<f32>(12, 600)); // not whole tall tiles
+        assert!(!tall_tile_fits::<f32>(32, 100)); // 4 × 4 fits
     }
 }
