@@ -456,6 +456,46 @@ fn half_dot_products_equal_the_f32_ones() {
     });
 }
 
+/// A product of 2 to `GEMV_MAX_ROWS` rows with a `Conv1D`-shaped weight
+/// (the matrix–vector kernel, which reads each vector of weights once for
+/// all the rows) gives every row the bits that row gets alone, for `f32`,
+/// `f16` and `bf16` weights at every level: narrow and wide rows (one row
+/// of weights per pass, or eight, then the last `k mod 8` one by one), a
+/// tail of columns past the last vector, several blocks of 64 rows.
+#[test]
+fn the_matrix_vector_kernel_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
+    use gpt2_ndarray::kernels::gemm::GEMV_MAX_ROWS;
+    assert_eq!(GEMV_MAX_ROWS, 4, "update the row counts below");
+    at_every_level(|level| {
+        for (k, n) in [(7, 5), (45, 1030), (150, 777), (70, 2304)] {
+            for m in 2..=GEMV_MAX_ROWS {
+                let a = random(m, k, 41);
+                for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                    let (w, upcast) = half_weight(k, n, 42, dtype);
+                    let name = format!("[{m},{k}]·{dtype}[{k},{n}] at {level}");
+                    let batch = matmul_weight(a.view(), w.stored());
+                    for t in 0..m {
+                        let alone = matmul_weight(a.slice(s![t..t + 1, ..]), w.stored());
+                        let differ = batch
+                            .row(t)
+                            .iter()
+                            .zip(alone.row(0))
+                            .filter(|(a, b)| !same(**a, **b))
+                            .count();
+                        assert_eq!(differ, 0, "{name}: row {t} is not the bits it gets alone");
+                    }
+                    assert_close(
+                        &name,
+                        batch.view().into_dyn(),
+                        reference_matmul(a.view(), upcast.view()).view().into_dyn(),
+                        tol(k),
+                    );
+                }
+            }
+        }
+    });
+}
+
 /// The tied head of a batch (`[m, k]·wteᵀ`, a matrix with contiguous
 /// columns; `kernels::head` for 5 to `HEAD_MAX_ROWS` rows) gives every row
 /// the bits that row gets alone (the matrix–vector kernel of one row), for
