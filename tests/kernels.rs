@@ -497,7 +497,8 @@ fn the_matrix_vector_kernel_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
 }
 
 /// The tied head of a batch (`[m, k]·wteᵀ`, a matrix with contiguous
-/// columns; `kernels::head` for 5 to `HEAD_MAX_ROWS` rows) gives every row
+/// columns; `kernels::head` for `HEAD_MIN_ROWS` (4) to `HEAD_MAX_ROWS` rows,
+/// a dot product per column for 3) gives every row
 /// the bits that row gets alone (the matrix–vector kernel of one row), for
 /// `f32`, `f16` and `bf16` weights: whole 4 × 4 tiles and the rows and
 /// columns past them, bands of 256 columns and a narrower last one, `k` not
@@ -507,10 +508,16 @@ fn the_matrix_vector_kernel_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
 /// row past the kernel (the GEMM, only close).
 #[test]
 fn the_head_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
-    use gpt2_ndarray::kernels::gemm::HEAD_MAX_ROWS;
-    assert_eq!(HEAD_MAX_ROWS, 32, "update the shapes below");
+    use gpt2_ndarray::kernels::gemm::{HEAD_MAX_ROWS, HEAD_MIN_ROWS};
+    assert_eq!(
+        (HEAD_MIN_ROWS, HEAD_MAX_ROWS),
+        (4, 32),
+        "update the shapes below"
+    );
     at_every_level(|level| {
         for (m, k, n) in [
+            (3, 40, 300),
+            (4, 33, 517),
             (5, 16, 4),
             (8, 768, 517),
             (16, 420, 35),

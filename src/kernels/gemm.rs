@@ -48,11 +48,20 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// multiply–add.
 pub const FEW_ROWS_MAX: usize = 32;
 
-/// Products with at most this many rows (and more than [`GEMV_MAX_ROWS`])
-/// on the left and a matrix with contiguous columns on the right (`wteᵀ`,
-/// the tied head of a batch of decoding steps) use the tiled dot products of
+/// Products with at least [`HEAD_MIN_ROWS`] and at most this many rows on
+/// the left and a matrix with contiguous columns on the right (`wteᵀ`, the
+/// tied head of a batch of decoding steps) use the tiled dot products of
 /// `kernels/head.rs`.
 pub const HEAD_MAX_ROWS: usize = 32;
+
+/// The fewest rows that take the head's tiled dot products (see
+/// [`HEAD_MAX_ROWS`]); fewer take a dot product per column
+/// (`gemv_columns`). From 4 rows, one whole tile of the AVX-512 kernel, two
+/// of the AVX2 one: the head of 4 decoding sequences over GPT-2's `wte` took
+/// 4.77–5.72 ms (best of 25) in tiles, 5.85–7.36 ms a column at a time
+/// (AVX2: 4.60–5.21 and 5.66–6.09); at 2 and 3 rows the two were level
+/// (AMD EPYC Zen 4, 2 threads, alternated).
+pub const HEAD_MIN_ROWS: usize = 4;
 
 /// Rows of `b` that one task of [`gemv_rows`] streams (a contiguous block of memory).
 pub(crate) const GEMV_ROW_BLOCK: usize = 64;
@@ -160,7 +169,7 @@ fn product_of<E: Element>(
         if b.strides()[1] == 1 {
             return gemv_rows(a, b, c, output, threads);
         }
-        if b.strides()[0] == 1 {
+        if b.strides()[0] == 1 && m < HEAD_MIN_ROWS {
             return gemv_columns(a, b, c, output, threads);
         }
     }
@@ -295,7 +304,7 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         ("gemv (decoding, head)", level.to_string()),
         ("few rows (5–32)", few_rows),
         (
-            "head, 5–32 rows (wteᵀ)",
+            "head, 4–32 rows (wteᵀ)",
             match level {
                 Simd::Avx512 => format!(
                     "{level} (4 × 4 tile of dot products, intrinsics; 8 × 2 where only it fits in L1)"

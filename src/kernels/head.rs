@@ -2,8 +2,11 @@
 //! rows of `a` (`[m, C]`, one per sequence) and a matrix whose **columns**
 //! are contiguous (`wteᵀ`: each column is a row of `wte [vocab, C]`).
 //!
-//! One row is [`gemv_columns`](super::gemm)' job: a dot product per output,
-//! each row of `wte` read once. With B rows that kernel would read every row
+//! One to three rows are [`gemv_columns`](super::gemm)' job: a dot product
+//! per output, each row of `wte` read once. From
+//! [`HEAD_MIN_ROWS`](super::gemm::HEAD_MIN_ROWS) rows (B) to
+//! [`HEAD_MAX_ROWS`](super::gemm::HEAD_MAX_ROWS), this kernel's: with B rows
+//! that kernel would read every row
 //! of `wte` B times from the L1 cache, one dot product after the other, and a
 //! packed GEMM would first copy all of `wteᵀ` (154 MB in `f32` for GPT-2)
 //! into its own layout, every step. This kernel does B dot products per row
@@ -31,8 +34,8 @@
 //! `acc[l] += x[16i + l] · y[16i + l]` (a multiply, then an add: never
 //! fused), folded pairwise in the same fixed order, plus the last `k mod 16`
 //! products added in order — so it has the same bits as the matrix–vector
-//! kernel that takes at most [`GEMV_MAX_ROWS`](super::gemm::GEMV_MAX_ROWS)
-//! rows, at every SIMD level and for every element type: a sequence's
+//! kernel that takes fewer rows, at every SIMD level and for every element
+//! type: a sequence's
 //! logits in a batch of any size are the bits it gets alone. Each output is
 //! computed by one thread, and the split into bands of columns depends on
 //! the shapes only, so the result does not depend on the thread count.
