@@ -456,6 +456,20 @@ fn half_dot_products_equal_the_f32_ones() {
     });
 }
 
+/// Every row `t` of `batch` has exactly the bits of `alone(t)`, the same
+/// product of that row alone (`[1, n]`).
+fn assert_each_row_as_alone(name: &str, batch: &Array2<f32>, alone: impl Fn(usize) -> Array2<f32>) {
+    for (t, row) in batch.rows().into_iter().enumerate() {
+        let alone = alone(t);
+        let differ = row
+            .iter()
+            .zip(alone.row(0))
+            .filter(|(a, b)| !same(**a, **b))
+            .count();
+        assert_eq!(differ, 0, "{name}: row {t} is not the bits it gets alone");
+    }
+}
+
 /// A product of 2 to `GEMV_MAX_ROWS` rows with a `Conv1D`-shaped weight
 /// (the matrix–vector kernel, which reads each vector of weights once for
 /// all the rows) gives every row the bits that row gets alone, for `f32`,
@@ -474,16 +488,9 @@ fn the_matrix_vector_kernel_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
                     let (w, upcast) = half_weight(k, n, 42, dtype);
                     let name = format!("[{m},{k}]·{dtype}[{k},{n}] at {level}");
                     let batch = matmul_weight(a.view(), w.stored());
-                    for t in 0..m {
-                        let alone = matmul_weight(a.slice(s![t..t + 1, ..]), w.stored());
-                        let differ = batch
-                            .row(t)
-                            .iter()
-                            .zip(alone.row(0))
-                            .filter(|(a, b)| !same(**a, **b))
-                            .count();
-                        assert_eq!(differ, 0, "{name}: row {t} is not the bits it gets alone");
-                    }
+                    assert_each_row_as_alone(&name, &batch, |t| {
+                        matmul_weight(a.slice(s![t..t + 1, ..]), w.stored())
+                    });
                     assert_close(
                         &name,
                         batch.view().into_dyn(),
@@ -532,16 +539,9 @@ fn the_head_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
                 let (w, upcast) = half_weight(n, k, 32, dtype);
                 let name = format!("[{m},{k}]·{dtype}[{n},{k}]ᵀ at {level}");
                 let batch = matmul_weight(a.view(), w.stored().t());
-                for t in 0..m {
-                    let alone = matmul_weight(a.slice(s![t..t + 1, ..]), w.stored().t());
-                    let differ = batch
-                        .row(t)
-                        .iter()
-                        .zip(alone.row(0))
-                        .filter(|(a, b)| !same(**a, **b))
-                        .count();
-                    assert_eq!(differ, 0, "{name}: row {t} is not the bits it gets alone");
-                }
+                assert_each_row_as_alone(&name, &batch, |t| {
+                    matmul_weight(a.slice(s![t..t + 1, ..]), w.stored().t())
+                });
                 assert_close(
                     &name,
                     batch.view().into_dyn(),

@@ -39,7 +39,9 @@ use super::fastmath::dot;
 use super::simd::{self, prefetch_l2, simd_targets, Simd};
 use crate::weights::Stored;
 
-/// Products with at most this many rows on the left use the matrix–vector kernels.
+/// Products with at most this many rows on the left use the matrix–vector
+/// kernels (with a matrix of contiguous columns on the right, fewer than
+/// [`HEAD_MIN_ROWS`] rows do).
 pub const GEMV_MAX_ROWS: usize = 4;
 
 /// Products with at most this many rows (and more than [`GEMV_MAX_ROWS`]) on
