@@ -15,9 +15,11 @@
 //! times, so packing it costs as much as the arithmetic; a third kernel keeps
 //! a 6 × 16 block of the output in registers (8 × 32 with AVX-512) and reads
 //! the weights where they lie, eight rows at a time. The tied head of a
-//! batch of decoding steps (5 to 32 rows times `wteᵀ`, whose columns are
+//! batch of decoding steps (4 to 32 rows times `wteᵀ`, whose columns are
 //! contiguous) has a kernel of its own (`kernels/head.rs`): tiles of dot
 //! products that read each row of `wte` once for every row of the batch.
+//! Up to 4 rows times a `Conv1D` weight, the matrix–vector kernel loads each
+//! vector of weights once for all the rows.
 //!
 //! The crate's own kernels here run at the SIMD level of [`super::simd`]
 //! (AVX-512, AVX2 + FMA, AVX, portable/NEON); [`kernel_paths`] says which
