@@ -857,6 +857,109 @@ pub(super) fn prefetch_pass_ahead<const R: usize, E>(rows: &ArrayView2<E>, i: us
     }
 }
 
+/// Defines `scaled_row_passes::<R, M, E>` for one x86 SIMD level (used by
+/// `half_avx512.rs` and `half_f16c.rs`, each with its own vector type and
+/// intrinsics): the passes of [`scaled_row_passes`] for `M` sums at once
+/// (`acc` holds them one after the other, `xs` their inputs): each
+/// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
+/// `acc[t] + (x₀w₀ + x₁w₁ + …)`; the last rows one by one, `acc[t] + xᵢwᵢ`;
+/// the weights of any stored type widened as they are loaded (`$load`),
+/// once for all `M` sums, each sum getting the arithmetic it gets alone.
+/// Each cache line of a pass's rows is first asked for
+/// [`GEMV_PREFETCH_ROWS`] rows ahead, into the L2 cache.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_scaled_row_passes {
+    (
+        target_feature = $feature:literal,
+        lanes = $w:expr,
+        vector = $vec:ty,
+        set1 = $set1:ident,
+        mul = $mul:ident,
+        add = $add:ident,
+        load = $load:ident,
+        loadu = $loadu:ident,
+        storeu = $storeu:ident $(,)?
+    ) => {
+        /// The passes of `gemm::scaled_row_passes::<R, E>` for `M` sums at
+        /// once, at this file's SIMD level: see `gemm::x86_scaled_row_passes`.
+        #[target_feature(enable = $feature)]
+        pub(super) fn scaled_row_passes<const R: usize, const M: usize, E: Element>(
+            acc: &mut [f32],
+            rows: ArrayView2<E>,
+            xs: [&[f32]; M],
+        ) {
+            let n = rows.ncols();
+            assert_eq!(acc.len(), M * n, "one weight per sum");
+            if n == 0 {
+                return;
+            }
+            let k = rows.nrows();
+            for x in xs {
+                assert_eq!(x.len(), k, "one input per row");
+            }
+            let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
+            let vectors = n / $w * $w;
+            let mut i = 0;
+            while i + R <= k {
+                let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
+                let x: [[f32; R]; M] =
+                    std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
+                let xv: [[$vec; R]; M] =
+                    std::array::from_fn(|t| std::array::from_fn(|r| $set1(x[t][r])));
+                for j in (0..vectors).step_by($w) {
+                    super::gemm::prefetch_pass_ahead::<R, E>(&rows, i, j);
+                    // SAFETY: every row has n values, acc has M·n (asserted
+                    // above), and j + lanes <= n; the target features of
+                    // this function are enabled.
+                    unsafe {
+                        let wv: [$vec; R] = std::array::from_fn(|r| $load(w[r], j));
+                        for (t, xv) in xv.iter().enumerate() {
+                            let mut s = $mul(xv[0], wv[0]);
+                            for r in 1..R {
+                                s = $add(s, $mul(xv[r], wv[r]));
+                            }
+                            let y = acc.as_mut_ptr().add(t * n + j);
+                            $storeu(y, $add($loadu(y), s));
+                        }
+                    }
+                }
+                for (x, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
+                    for (j, y) in acc.iter_mut().enumerate().skip(vectors) {
+                        let mut s = x[0] * w[0][j].to_f32();
+                        for r in 1..R {
+                            s += x[r] * w[r][j].to_f32();
+                        }
+                        *y += s;
+                    }
+                }
+                i += R;
+            }
+            for (i, w) in rows.rows().into_iter().enumerate().skip(i) {
+                let w = w.to_slice().expect("unit column stride");
+                let x: [f32; M] = std::array::from_fn(|t| xs[t][i]);
+                let xv: [$vec; M] = std::array::from_fn(|t| $set1(x[t]));
+                for j in (0..vectors).step_by($w) {
+                    // SAFETY: as above.
+                    unsafe {
+                        let wv = $load(w, j);
+                        for (t, &xv) in xv.iter().enumerate() {
+                            let y = acc.as_mut_ptr().add(t * n + j);
+                            $storeu(y, $add($loadu(y), $mul(xv, wv)));
+                        }
+                    }
+                }
+                for (&xi, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
+                    for (y, v) in acc.iter_mut().zip(w).skip(vectors) {
+                        *y += xi * v.to_f32();
+                    }
+                }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86_scaled_row_passes;
+
 /// The passes of [`add_scaled_rows`], `R` rows each (the last rows one by one).
 #[inline(always)]
 fn scaled_row_passes<const R: usize, E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {

@@ -24,7 +24,7 @@ use ndarray::ArrayView2;
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::prefetch_pass_ahead;
+use super::gemm::x86_scaled_row_passes;
 
 /// Lanes of one AVX-512 register of `f32`s.
 const W: usize = 16;
@@ -91,85 +91,19 @@ pub(super) fn widen_f16(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// The passes of `gemm::scaled_row_passes::<R, E>` for `M` sums at once
-/// (`acc` holds them one after the other, `xs` their inputs): each
-/// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
-/// `acc[t] + (x₀w₀ + x₁w₁ + …)`; the last rows one by one,
-/// `acc[t] + xᵢwᵢ`; the weights of any stored type widened as they are
-/// loaded, once for all `M` sums (each sum gets the arithmetic it gets
-/// alone). Each cache line of a pass's rows is first asked for
-/// `GEMV_PREFETCH_ROWS` rows ahead, into the L2 cache.
-#[target_feature(enable = "avx512f")]
-pub(super) fn scaled_row_passes<const R: usize, const M: usize, E: Element>(
-    acc: &mut [f32],
-    rows: ArrayView2<E>,
-    xs: [&[f32]; M],
-) {
-    let n = rows.ncols();
-    assert_eq!(acc.len(), M * n, "one weight per sum");
-    if n == 0 {
-        return;
-    }
-    let k = rows.nrows();
-    for x in xs {
-        assert_eq!(x.len(), k, "one input per row");
-    }
-    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
-    let vectors = n / W * W;
-    let mut i = 0;
-    while i + R <= k {
-        let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
-        let x: [[f32; R]; M] = std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
-        let xv: [[__m512; R]; M] =
-            std::array::from_fn(|t| std::array::from_fn(|r| _mm512_set1_ps(x[t][r])));
-        for j in (0..vectors).step_by(W) {
-            prefetch_pass_ahead::<R, E>(&rows, i, j);
-            // SAFETY: every row has n values, acc has M·n (asserted above),
-            // and j + 16 <= n; AVX-512 F is enabled.
-            unsafe {
-                let wv: [__m512; R] = std::array::from_fn(|r| load16(w[r], j));
-                for (t, xv) in xv.iter().enumerate() {
-                    let mut s = _mm512_mul_ps(xv[0], wv[0]);
-                    for r in 1..R {
-                        s = _mm512_add_ps(s, _mm512_mul_ps(xv[r], wv[r]));
-                    }
-                    let y = acc.as_mut_ptr().add(t * n + j);
-                    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), s));
-                }
-            }
-        }
-        for (x, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
-            for (j, y) in acc.iter_mut().enumerate().skip(vectors) {
-                let mut s = x[0] * w[0][j].to_f32();
-                for r in 1..R {
-                    s += x[r] * w[r][j].to_f32();
-                }
-                *y += s;
-            }
-        }
-        i += R;
-    }
-    for (i, w) in rows.rows().into_iter().enumerate().skip(i) {
-        let w = w.to_slice().expect("unit column stride");
-        let x: [f32; M] = std::array::from_fn(|t| xs[t][i]);
-        let xv: [__m512; M] = std::array::from_fn(|t| _mm512_set1_ps(x[t]));
-        for j in (0..vectors).step_by(W) {
-            // SAFETY: as above.
-            unsafe {
-                let wv = load16(w, j);
-                for (t, &xv) in xv.iter().enumerate() {
-                    let y = acc.as_mut_ptr().add(t * n + j);
-                    _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), _mm512_mul_ps(xv, wv)));
-                }
-            }
-        }
-        for (&xi, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
-            for (y, v) in acc.iter_mut().zip(w).skip(vectors) {
-                *y += xi * v.to_f32();
-            }
-        }
-    }
-}
+// The passes of `gemm::scaled_row_passes` for several sums at once, at
+// this level (the one body of both x86 levels: `gemm::x86_scaled_row_passes`).
+x86_scaled_row_passes!(
+    target_feature = "avx512f",
+    lanes = W,
+    vector = __m512,
+    set1 = _mm512_set1_ps,
+    mul = _mm512_mul_ps,
+    add = _mm512_add_ps,
+    load = load16,
+    loadu = _mm512_loadu_ps,
+    storeu = _mm512_storeu_ps,
+);
 
 /// `fastmath::dot::<f16>`: 16 partial sums `acc[l] += x[l]·y[l]`, then the
 /// same pairwise fold, plus the tail summed in order.

@@ -23,7 +23,7 @@ use ndarray::ArrayView2;
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::prefetch_pass_ahead;
+use super::gemm::x86_scaled_row_passes;
 
 /// Lanes of one AVX register of `f32`s.
 const W: usize = 8;
@@ -85,85 +85,19 @@ pub(super) fn widen_f16(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// The passes of `gemm::scaled_row_passes::<R, E>` for `M` sums at once
-/// (`acc` holds them one after the other, `xs` their inputs): each
-/// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
-/// `acc[t] + (x₀w₀ + x₁w₁ + …)`; the last rows one by one,
-/// `acc[t] + xᵢwᵢ`; the weights of any stored type widened as they are
-/// loaded, once for all `M` sums (each sum gets the arithmetic it gets
-/// alone). Each cache line of a pass's rows is first asked for
-/// `GEMV_PREFETCH_ROWS` rows ahead, into the L2 cache.
-#[target_feature(enable = "avx2,f16c")]
-pub(super) fn scaled_row_passes<const R: usize, const M: usize, E: Element>(
-    acc: &mut [f32],
-    rows: ArrayView2<E>,
-    xs: [&[f32]; M],
-) {
-    let n = rows.ncols();
-    assert_eq!(acc.len(), M * n, "one weight per sum");
-    if n == 0 {
-        return;
-    }
-    let k = rows.nrows();
-    for x in xs {
-        assert_eq!(x.len(), k, "one input per row");
-    }
-    let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
-    let vectors = n / W * W;
-    let mut i = 0;
-    while i + R <= k {
-        let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
-        let x: [[f32; R]; M] = std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
-        let xv: [[__m256; R]; M] =
-            std::array::from_fn(|t| std::array::from_fn(|r| _mm256_set1_ps(x[t][r])));
-        for j in (0..vectors).step_by(W) {
-            prefetch_pass_ahead::<R, E>(&rows, i, j);
-            // SAFETY: every row has n values, acc has M·n (asserted above),
-            // and j + 8 <= n; AVX2 and F16C are enabled.
-            unsafe {
-                let wv: [__m256; R] = std::array::from_fn(|r| load8(w[r], j));
-                for (t, xv) in xv.iter().enumerate() {
-                    let mut s = _mm256_mul_ps(xv[0], wv[0]);
-                    for r in 1..R {
-                        s = _mm256_add_ps(s, _mm256_mul_ps(xv[r], wv[r]));
-                    }
-                    let y = acc.as_mut_ptr().add(t * n + j);
-                    _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), s));
-                }
-            }
-        }
-        for (x, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
-            for (j, y) in acc.iter_mut().enumerate().skip(vectors) {
-                let mut s = x[0] * w[0][j].to_f32();
-                for r in 1..R {
-                    s += x[r] * w[r][j].to_f32();
-                }
-                *y += s;
-            }
-        }
-        i += R;
-    }
-    for (i, w) in rows.rows().into_iter().enumerate().skip(i) {
-        let w = w.to_slice().expect("unit column stride");
-        let x: [f32; M] = std::array::from_fn(|t| xs[t][i]);
-        let xv: [__m256; M] = std::array::from_fn(|t| _mm256_set1_ps(x[t]));
-        for j in (0..vectors).step_by(W) {
-            // SAFETY: as above.
-            unsafe {
-                let wv = load8(w, j);
-                for (t, &xv) in xv.iter().enumerate() {
-                    let y = acc.as_mut_ptr().add(t * n + j);
-                    _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), _mm256_mul_ps(xv, wv)));
-                }
-            }
-        }
-        for (&xi, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
-            for (y, v) in acc.iter_mut().zip(w).skip(vectors) {
-                *y += xi * v.to_f32();
-            }
-        }
-    }
-}
+// The passes of `gemm::scaled_row_passes` for several sums at once, at
+// this level (the one body of both x86 levels: `gemm::x86_scaled_row_passes`).
+x86_scaled_row_passes!(
+    target_feature = "avx2,f16c",
+    lanes = W,
+    vector = __m256,
+    set1 = _mm256_set1_ps,
+    mul = _mm256_mul_ps,
+    add = _mm256_add_ps,
+    load = load8,
+    loadu = _mm256_loadu_ps,
+    storeu = _mm256_storeu_ps,
+);
 
 /// `fastmath::dot::<f16>`: 16 partial sums `acc[l] += x[l]·y[l]` (two
 /// registers of 8: lanes 0–7 and 8–15), then the same pairwise fold, plus
