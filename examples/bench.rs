@@ -567,11 +567,12 @@ fn print_batched(report: &Value) {
             continue;
         }
         let figures = |b: usize| -> Vec<f64> {
-            let case = &cases[b.to_string()];
-            match case["rounds_tokens_per_second"].as_array() {
-                Some(rounds) => rounds.iter().filter_map(Value::as_f64).collect(),
-                None => case["tokens_per_second"].as_f64().into_iter().collect(),
-            }
+            let rounds = cases[b.to_string()]["rounds_tokens_per_second"].as_array();
+            rounds
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect()
         };
         let single = figures(1);
         println!("\n{} thread(s)", run["threads"]);

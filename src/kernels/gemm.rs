@@ -712,18 +712,19 @@ fn gemv_rows<E: Element>(
     threads: Threads,
 ) {
     let ((m, k), n) = (a.dim(), b.ncols());
+    // Each row of `a` as one slice (a copy only if its values are not
+    // contiguous), once for every block.
+    let inputs: Vec<Cow<[f32]>> = a
+        .rows()
+        .into_iter()
+        .map(|x| {
+            x.to_slice()
+                .map_or_else(|| Cow::Owned(x.to_vec()), Cow::Borrowed)
+        })
+        .collect();
     let block_sum = |(block, b_rows): (usize, ArrayView2<E>)| {
         let i0 = block * GEMV_ROW_BLOCK;
-        let inputs: Vec<Cow<[f32]>> = a
-            .rows()
-            .into_iter()
-            .map(|x| {
-                let x = x.slice_move(s![i0..i0 + b_rows.nrows()]);
-                x.to_slice()
-                    .map_or_else(|| Cow::Owned(x.to_vec()), Cow::Borrowed)
-            })
-            .collect();
-        let xs: Vec<&[f32]> = inputs.iter().map(|x| &x[..]).collect();
+        let xs: Vec<&[f32]> = inputs.iter().map(|x| &x[i0..i0 + b_rows.nrows()]).collect();
         let mut acc = Array2::zeros((m, n));
         add_scaled_rows_any(acc.as_slice_mut().expect("fresh array"), b_rows, &xs);
         acc
@@ -771,23 +772,17 @@ simd_targets! {
     }
 }
 
-/// [`add_scaled_rows`] for the sums of every row of a product (`acc` holds
-/// them one after the other, `xs` their inputs), at most
-/// [`GEMV_MAX_ROWS`] at a time.
+/// [`add_scaled_rows`] for the sums of every row of a product of 1 to
+/// [`GEMV_MAX_ROWS`] rows (`acc` holds them one after the other, `xs` their
+/// inputs).
 fn add_scaled_rows_any<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[&[f32]]) {
     const { assert!(GEMV_MAX_ROWS == 4, "one arm below per row count") };
-    let n = rows.ncols().max(1);
-    for (acc, xs) in acc
-        .chunks_mut(GEMV_MAX_ROWS * n)
-        .zip(xs.chunks(GEMV_MAX_ROWS))
-    {
-        match *xs {
-            [x] => add_scaled_rows_of::<1, E>(acc, rows, [x]),
-            [x, y] => add_scaled_rows_of::<2, E>(acc, rows, [x, y]),
-            [x, y, z] => add_scaled_rows_of::<3, E>(acc, rows, [x, y, z]),
-            [x, y, z, w] => add_scaled_rows_of::<4, E>(acc, rows, [x, y, z, w]),
-            _ => unreachable!("chunks of 1 to GEMV_MAX_ROWS inputs"),
-        }
+    match *xs {
+        [x] => add_scaled_rows_of::<1, E>(acc, rows, [x]),
+        [x, y] => add_scaled_rows_of::<2, E>(acc, rows, [x, y]),
+        [x, y, z] => add_scaled_rows_of::<3, E>(acc, rows, [x, y, z]),
+        [x, y, z, w] => add_scaled_rows_of::<4, E>(acc, rows, [x, y, z, w]),
+        _ => unreachable!("the matrix-vector kernel takes 1 to GEMV_MAX_ROWS rows"),
     }
 }
 
