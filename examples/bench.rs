@@ -63,6 +63,9 @@ struct Args {
     /// Internal: measure peak memory of load + T=1024 prefill + 128 tokens in this process.
     #[arg(long, hide = true)]
     rss_probe: Option<PathBuf>,
+    /// Internal: the dtype of the key/value cache of the memory probe.
+    #[arg(long, hide = true, default_value = "f32")]
+    rss_probe_kv_cache: Dtype,
 }
 
 const PREFILL: [usize; 5] = [1, 16, 128, 512, 1024];
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
 fn try_main() -> Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.rss_probe {
-        return rss_probe(dir);
+        return rss_probe(dir, args.rss_probe_kv_cache);
     }
     let dir = std::env::temp_dir().join(format!("gpt2-ndarray-bench-{}", std::process::id()));
     eprintln!(
@@ -217,12 +220,17 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     };
     bar.set_message("peak memory");
     let mut rss_by_dtype = serde_json::Map::new();
+    let mut rss_half_cache = serde_json::Map::new();
     if wanted("memory") {
         for &dtype in &args.dtypes {
+            let dir = dir_of(dir, dtype);
             rss_by_dtype.insert(
                 dtype.to_string(),
-                json!(peak_rss_of_probe(&dir_of(dir, dtype))?),
+                json!(peak_rss_of_probe(&dir, Dtype::F32)?),
             );
+            if dtype != Dtype::F32 {
+                rss_half_cache.insert(dtype.to_string(), json!(peak_rss_of_probe(&dir, dtype)?));
+            }
         }
     }
     let rss = rss_by_dtype
@@ -237,6 +245,7 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         "runs": runs,
         "peak_rss_mb": rss,
         "peak_rss_mb_by_dtype": rss_by_dtype,
+        "peak_rss_mb_half_cache_by_dtype": rss_half_cache,
         "alternated": alternated,
     });
     print_table(&report);
@@ -778,11 +787,14 @@ fn cpu_name() -> String {
 }
 
 /// Peak resident memory of a child process that loads the model, prefills
-/// 1024 tokens and generates 128 (load + the worst prompt + decoding).
-fn peak_rss_of_probe(dir: &Path) -> Result<f64> {
+/// 1024 tokens and generates 128 (load + the worst prompt + decoding), its
+/// key/value cache kept as `kv_cache`.
+fn peak_rss_of_probe(dir: &Path, kv_cache: Dtype) -> Result<f64> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .arg("--rss-probe")
         .arg(dir)
+        .arg("--rss-probe-kv-cache")
+        .arg(kv_cache.to_string())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim()
@@ -790,7 +802,7 @@ fn peak_rss_of_probe(dir: &Path) -> Result<f64> {
         .with_context(|| format!("rss probe said {text:?}"))
 }
 
-fn rss_probe(dir: &Path) -> Result<()> {
+fn rss_probe(dir: &Path, kv_cache: Dtype) -> Result<()> {
     let model = Gpt2::from_dir(dir)?;
     let tokenizer =
         Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
@@ -799,6 +811,7 @@ fn rss_probe(dir: &Path) -> Result<()> {
     let options = GenerateOptions {
         max_new_tokens: DECODE_NEW,
         stop_at_end_of_text: false,
+        kv_cache,
         ..Default::default()
     };
     generate(&model, &tokenizer, &prompt, &options)?;
@@ -874,6 +887,16 @@ fn print_table(report: &Value) {
     {
         println!(
             "\npeak resident memory, {dtype} (load + T=1024 prefill + 128 tokens, 2 threads default): {:.0} MB",
+            mb.as_f64().unwrap_or(0.0)
+        );
+    }
+    for (dtype, mb) in report["peak_rss_mb_half_cache_by_dtype"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "peak resident memory, {dtype} weights and {dtype} key/value cache: {:.0} MB",
             mb.as_f64().unwrap_or(0.0)
         );
     }

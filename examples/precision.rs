@@ -23,7 +23,9 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use gpt2_ndarray::generate::Rng;
 use gpt2_ndarray::perplexity::perplexity;
-use gpt2_ndarray::precision::{compare_logits, greedy_agreement};
+use gpt2_ndarray::precision::{
+    compare_logits, forward_with_cache, greedy_agreement, greedy_agreement_with_cache,
+};
 use gpt2_ndarray::{Dtype, Gpt2};
 use serde_json::{json, Value};
 
@@ -49,6 +51,10 @@ struct Args {
     /// Prompts of the greedy continuations, at evenly spaced offsets of the ids.
     #[arg(long, default_value_t = 4)]
     prompts: usize,
+    /// Also measure the f32 weights with the key/value cache kept as f16 and
+    /// as bf16 (against the f32 cache; no perplexity: it runs without a cache).
+    #[arg(long)]
+    kv_cache: bool,
     /// Write the figures as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,7 +122,7 @@ fn try_main() -> Result<()> {
         window.len()
     );
     println!(
-        "  {:<6} {:>14} {:>14} {:>12} {:>14} {:>12} {:>10}",
+        "  {:<7} {:>14} {:>14} {:>12} {:>14} {:>12} {:>10}",
         "dtype",
         "max |Δlogit|",
         "mean |Δlogit|",
@@ -126,7 +132,7 @@ fn try_main() -> Result<()> {
         "Δ ppl"
     );
     println!(
-        "  {:<6} {:>14} {:>14} {:>12} {:>14} {:>12.4} {:>10}",
+        "  {:<7} {:>14} {:>14} {:>12} {:>14} {:>12.4} {:>10}",
         "f32",
         "—",
         "—",
@@ -150,7 +156,7 @@ fn try_main() -> Result<()> {
         let half_ppl = perplexity(&half, &ids, stride, |_, _| {})?;
         let delta = half_ppl.perplexity() - ppl.perplexity();
         println!(
-            "  {:<6} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12.4} {:>+10.4}",
+            "  {:<7} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12.4} {:>+10.4}",
             dtype.to_string(),
             agreement.max_abs_diff,
             agreement.mean_abs_diff,
@@ -171,8 +177,51 @@ fn try_main() -> Result<()> {
             "perplexity_f32": ppl.perplexity(),
         }));
     }
+    let mut cache_rows = Vec::new();
+    for dtype in [Dtype::F16, Dtype::BF16]
+        .into_iter()
+        .filter(|_| args.kv_cache)
+    {
+        let agreement = compare_logits(
+            logits.view(),
+            forward_with_cache(&reference, window, dtype)?.view(),
+        );
+        let (same, generated) = greedy_agreement_with_cache(
+            &reference,
+            dtype,
+            &ids,
+            args.prompts,
+            args.prompt_tokens,
+            new_tokens,
+        )?;
+        println!(
+            "  {:<7} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12} {:>10}",
+            format!("{dtype} kv"),
+            agreement.max_abs_diff,
+            agreement.mean_abs_diff,
+            format!("{}/{}", agreement.top1_agree, agreement.positions),
+            format!("{same}/{generated}"),
+            "—",
+            "—"
+        );
+        cache_rows.push(json!({
+            "kv_cache": dtype.to_string(),
+            "max_abs_logit_diff": agreement.max_abs_diff,
+            "mean_abs_logit_diff": agreement.mean_abs_diff,
+            "top1_agree": agreement.top1_agree,
+            "positions": agreement.positions,
+            "greedy_agree": same,
+            "greedy_tokens": generated,
+        }));
+    }
     if let Some(path) = &args.json {
-        let report = json!({"model": name, "stored": stored, "tokens": ids.len(), "rows": rows});
+        let report = json!({
+            "model": name,
+            "stored": stored,
+            "tokens": ids.len(),
+            "rows": rows,
+            "kv_cache_rows": cache_rows,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())

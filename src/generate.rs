@@ -12,6 +12,7 @@ use anyhow::{ensure, Result};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
 use rayon::prelude::*;
 
+use crate::checkpoint::Dtype;
 use crate::intervention::Interventions;
 use crate::kernels::softmax;
 use crate::model::{Gpt2, KvCache, Logits, SequenceStep};
@@ -43,6 +44,10 @@ pub struct GenerateOptions {
     pub stop_at_end_of_text: bool,
     /// Stop once the generated text contains one of these.
     pub stop_strings: Vec<String>,
+    /// The dtype the key/value cache keeps (`f32`, `f16` or `bf16`): half
+    /// precision rounds each key and value as it is stored, and halves the
+    /// cache's memory and what a decoding step reads of it ([`KvCache`]).
+    pub kv_cache: Dtype,
 }
 
 impl Default for GenerateOptions {
@@ -57,6 +62,7 @@ impl Default for GenerateOptions {
             seed: 0,
             stop_at_end_of_text: true,
             stop_strings: Vec::new(),
+            kv_cache: Dtype::F32,
         }
     }
 }
@@ -88,6 +94,10 @@ impl GenerateOptions {
         ensure!(
             self.stop_strings.iter().all(|s| !s.is_empty()),
             "a stop string is empty"
+        );
+        ensure!(
+            self.kv_cache != Dtype::F64,
+            "kv_cache is f64: the cache keeps f32, f16 or bf16"
         );
         Ok(())
     }
@@ -446,13 +456,15 @@ impl<'a> Generation<'a> {
         // each new token but the last, at most `n_positions`), made once: the
         // steps then append without copying the cache.
         let positions = (prompt.len() + options.max_new_tokens - 1).min(model.config.n_positions);
+        let cache =
+            KvCache::with_capacity(&model.config, positions).with_dtype(options.kv_cache)?;
         Ok(Generation {
             model,
             tokenizer,
             interventions: &NO_INTERVENTIONS,
             rng: Rng::new(options.seed),
             options,
-            cache: KvCache::with_capacity(&model.config, positions),
+            cache,
             prompt_len: ids.len(),
             ids,
             logits: Array1::zeros(0),

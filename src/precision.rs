@@ -9,6 +9,12 @@
 //! the most likely next token is the same, how long a greedy continuation
 //! stays identical. Perplexity changes come from [`crate::perplexity`].
 //!
+//! The same questions for a key/value cache kept in half precision
+//! ([`KvCache::with_dtype`]): [`forward_with_cache`] gives the logits of the
+//! model whose keys and values are rounded as they are cached, and
+//! [`greedy_agreement_with_cache`] compares its greedy continuations with the
+//! `f32` cache's.
+//!
 //! ```
 //! use gpt2_ndarray::{precision, Dtype, Gpt2};
 //! # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/model");
@@ -22,8 +28,9 @@
 //! ```
 
 use anyhow::{ensure, Result};
-use ndarray::{ArrayView1, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
+use crate::checkpoint::Dtype;
 use crate::model::{Gpt2, KvCache, Logits};
 use crate::trace::Trace;
 
@@ -93,11 +100,31 @@ pub fn argmax(x: ArrayView1<f32>) -> usize {
         .0
 }
 
+/// Logits `[T, vocab]` of `ids` in one pass whose keys and values are kept
+/// as `kv_cache` and attended to as kept: for a half cache, what every step
+/// of a generation with that cache computes (each key and value rounded
+/// once, as it is cached). Errors as [`Gpt2::forward_step`], and for an
+/// `f64` cache.
+pub fn forward_with_cache(model: &Gpt2, ids: &[u32], kv_cache: Dtype) -> Result<Array2<f32>> {
+    let mut cache = KvCache::new(model.config.n_layer).with_dtype(kv_cache)?;
+    model.forward_step(ids, None, &mut cache, Logits::All, &mut Trace::off())
+}
+
 /// The `n` tokens greedy decoding appends to `prompt` (the argmax at each
 /// step, through the cache), without stopping at `<|endoftext|>`.
 pub fn greedy_continuation(model: &Gpt2, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    greedy_continuation_with_cache(model, prompt, n, Dtype::F32)
+}
+
+/// [`greedy_continuation`] with the key/value cache kept as `kv_cache`.
+pub fn greedy_continuation_with_cache(
+    model: &Gpt2,
+    prompt: &[u32],
+    n: usize,
+    kv_cache: Dtype,
+) -> Result<Vec<u32>> {
     ensure!(!prompt.is_empty(), "greedy continuation of an empty prompt");
-    let mut cache = KvCache::new(model.config.n_layer);
+    let mut cache = KvCache::new(model.config.n_layer).with_dtype(kv_cache)?;
     let mut out = Vec::with_capacity(n);
     let mut step: Vec<u32> = prompt.to_vec();
     for _ in 0..n {
@@ -123,6 +150,41 @@ pub fn greedy_agreement(
     prompt_len: usize,
     new_tokens: usize,
 ) -> Result<(usize, usize)> {
+    agreement(ids, prompts, prompt_len, new_tokens, |prompt| {
+        Ok((
+            greedy_continuation(reference, prompt, new_tokens)?,
+            greedy_continuation(other, prompt, new_tokens)?,
+        ))
+    })
+}
+
+/// [`greedy_agreement`] of `model` with an `f32` cache and with one kept as
+/// `kv_cache`.
+pub fn greedy_agreement_with_cache(
+    model: &Gpt2,
+    kv_cache: Dtype,
+    ids: &[u32],
+    prompts: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<(usize, usize)> {
+    agreement(ids, prompts, prompt_len, new_tokens, |prompt| {
+        Ok((
+            greedy_continuation(model, prompt, new_tokens)?,
+            greedy_continuation_with_cache(model, prompt, new_tokens, kv_cache)?,
+        ))
+    })
+}
+
+/// The prompts of [`greedy_agreement`], each given to `continuations` (the
+/// two continuations to compare).
+fn agreement(
+    ids: &[u32],
+    prompts: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    continuations: impl Fn(&[u32]) -> Result<(Vec<u32>, Vec<u32>)>,
+) -> Result<(usize, usize)> {
     ensure!(
         prompt_len > 0 && ids.len() >= prompt_len,
         "need at least {prompt_len} ids for a prompt, have {}",
@@ -131,11 +193,8 @@ pub fn greedy_agreement(
     let mut same = 0;
     for i in 0..prompts {
         let start = i * (ids.len() - prompt_len) / prompts.max(1);
-        let prompt = &ids[start..start + prompt_len];
-        same += common_prefix(
-            &greedy_continuation(reference, prompt, new_tokens)?,
-            &greedy_continuation(other, prompt, new_tokens)?,
-        );
+        let (a, b) = continuations(&ids[start..start + prompt_len])?;
+        same += common_prefix(&a, &b);
     }
     Ok((same, prompts * new_tokens))
 }

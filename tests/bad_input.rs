@@ -841,6 +841,13 @@ fn generation_options_out_of_range_are_refused_with_their_name() {
             },
             "stop string is empty",
         ),
+        (
+            GenerateOptions {
+                kv_cache: gpt2_ndarray::Dtype::F64,
+                ..Default::default()
+            },
+            "kv_cache is f64",
+        ),
     ];
     for (options, words) in &cases {
         assert_mentions(&error_of(options.validate(), words), &[words]);

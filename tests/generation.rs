@@ -11,7 +11,7 @@ use gpt2_ndarray::generate::{
     StopReason, TextStream,
 };
 use gpt2_ndarray::reference::softmax;
-use gpt2_ndarray::{Gpt2, KvCache, Logits, SequenceStep, Tokenizer, Trace};
+use gpt2_ndarray::{Dtype, Gpt2, KvCache, Logits, SequenceStep, Tokenizer, Trace};
 use ndarray::{Array2, Ix1};
 use serde_json::Value;
 
@@ -221,13 +221,19 @@ fn a_left_padded_batch_generates_what_each_prompt_generates_alone() {
     .iter()
     .map(|p| tokenizer.encode(p).unwrap())
     .collect();
-    for do_sample in [false, true] {
+    // Each with the key/value cache kept as f32 and in half precision.
+    let kv_caches = [Dtype::F32, Dtype::F16, Dtype::BF16];
+    for (do_sample, kv_cache) in [false, true]
+        .into_iter()
+        .flat_map(|s| kv_caches.map(|k| (s, k)))
+    {
         let options = GenerateOptions {
             max_new_tokens: 12,
             do_sample,
             top_k: Some(50),
             seed: 7,
             stop_at_end_of_text: false,
+            kv_cache,
             ..GenerateOptions::default()
         };
         let batch = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
@@ -237,7 +243,10 @@ fn a_left_padded_batch_generates_what_each_prompt_generates_alone() {
                 ..options.clone()
             };
             let (expected, _) = generate(&model, &tokenizer, prompt, &alone).unwrap();
-            assert_eq!(batch[b], expected, "prompt {b}, do_sample {do_sample}");
+            assert_eq!(
+                batch[b], expected,
+                "prompt {b}, do_sample {do_sample}, {kv_cache} cache"
+            );
         }
     }
 }

@@ -1,14 +1,18 @@
 //! Half-precision weights: kept as stored, read by the fast kernels, upcast
 //! by the reference tier, written back bit for bit, refused when not finite,
-//! and within the published error budget (docs/half-precision.md).
+//! and within the published error budget (docs/half-precision.md); the same
+//! budget for a key/value cache kept in half precision.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{assert_close, golden_dir, MODEL};
-use gpt2_ndarray::precision::{compare_logits, greedy_agreement, greedy_continuation};
-use gpt2_ndarray::{reference, Dtype, Gpt2, LoadOptions};
+use gpt2_ndarray::precision::{
+    compare_logits, forward_with_cache, greedy_agreement, greedy_agreement_with_cache,
+    greedy_continuation,
+};
+use gpt2_ndarray::{reference, Dtype, Gpt2, KvCache, LoadOptions, Logits, Trace};
 use serde_json::Value;
 
 fn golden_model() -> Gpt2 {
@@ -317,4 +321,126 @@ fn the_golden_model_stays_within_its_published_error_budget() {
             budget.perplexity
         );
     }
+}
+
+/// The golden model with its key/value cache kept in half precision
+/// (`docs/half-precision.md`, "A half key/value cache"): how far the logits
+/// move from the `f32` cache's, and how many greedy tokens stay the same.
+struct CacheBudget {
+    dtype: Dtype,
+    max_abs_diff: f32,
+    top1_agree: usize,
+    greedy_agree: usize,
+}
+
+const PUBLISHED_CACHE: [CacheBudget; 2] = [
+    CacheBudget {
+        dtype: Dtype::F16,
+        max_abs_diff: 9.780e-3,
+        top1_agree: 128,
+        greedy_agree: 256,
+    },
+    CacheBudget {
+        dtype: Dtype::BF16,
+        max_abs_diff: 8.900e-2,
+        top1_agree: 127,
+        greedy_agree: 256,
+    },
+];
+
+#[test]
+fn a_half_cache_stays_within_its_published_error_budget() {
+    let model = golden_model();
+    let ids = ids_of(&golden_dir().join("reference/perplexity.json"));
+    let window = &ids[..model.config.n_positions];
+    let logits = model.forward(window).unwrap();
+    for budget in PUBLISHED_CACHE {
+        let d = budget.dtype;
+        let half = forward_with_cache(&model, window, d).unwrap();
+        let a = compare_logits(logits.view(), half.view());
+        let (same, _) = greedy_agreement_with_cache(&model, d, &ids, 4, 16, 64).unwrap();
+        eprintln!(
+            "{d} cache: max |Δ| {:e}, top-1 {}/{}, greedy {same}/256",
+            a.max_abs_diff, a.top1_agree, a.positions
+        );
+        assert!(
+            (a.max_abs_diff - budget.max_abs_diff).abs() <= DIFF_RTOL * budget.max_abs_diff,
+            "{d} cache: max |Δ logit| {:e}, published {:e}",
+            a.max_abs_diff,
+            budget.max_abs_diff
+        );
+        assert_eq!(
+            a.top1_agree, budget.top1_agree,
+            "{d} cache: top-1 agreement"
+        );
+        assert_eq!(same, budget.greedy_agree, "{d} cache: greedy agreement");
+    }
+}
+
+/// A half cache keeps each key and value rounded to nearest (the first
+/// block's, computed from the same inputs, are the `f32` cache's rounded),
+/// in half the bytes; converting an `f32` cache rounds what it holds the
+/// same way; decoding token by token over a half cache gives the logits of
+/// one pass over the whole sequence with a half cache (up to the rounding
+/// of a key or value the two orders of summation tip differently); `f64` is
+/// refused.
+#[test]
+fn a_half_cache_keeps_rounded_keys_and_values_and_decodes_as_one_pass() {
+    let model = golden_model();
+    let n_layer = model.config.n_layer;
+    let ids = [464u32, 3290, 318, 257, 1332, 286, 262, 6953, 11, 290];
+    let step = |ids: &[u32], cache: &mut KvCache| {
+        model
+            .forward_step(ids, None, cache, Logits::Last, &mut Trace::off())
+            .unwrap()
+    };
+    for dtype in [Dtype::F16, Dtype::BF16] {
+        let round = |x: f32| match dtype {
+            Dtype::F16 => half::f16::from_f32(x).to_f32(),
+            _ => half::bf16::from_f32(x).to_f32(),
+        };
+        let mut full = KvCache::new(n_layer);
+        let mut rounded = KvCache::new(n_layer).with_dtype(dtype).unwrap();
+        assert_eq!(rounded.dtype(), dtype);
+        step(&ids, &mut full);
+        let one_pass = step(&ids, &mut rounded);
+        let (k, v) = full.keys_values(0);
+        let (k_half, v_half) = rounded.keys_values(0);
+        assert_eq!(k_half, k.mapv(round), "{dtype}: block 0's keys, rounded");
+        assert_eq!(v_half, v.mapv(round), "{dtype}: block 0's values, rounded");
+        assert_ne!(k_half, k, "{dtype}: the keys were rounded");
+        assert_eq!(2 * rounded.bytes(), full.bytes(), "{dtype}: half the bytes");
+        let converted = full.clone().with_dtype(dtype).unwrap();
+        for layer in 0..n_layer {
+            let (k, v) = full.keys_values(layer);
+            assert_eq!(
+                converted.keys_values(layer),
+                (k.mapv(round).into(), v.mapv(round).into())
+            );
+        }
+
+        let mut stepped = KvCache::new(n_layer).with_dtype(dtype).unwrap();
+        let mut logits = step(&ids[..3], &mut stepped);
+        for &id in &ids[3..] {
+            logits = step(&[id], &mut stepped);
+        }
+        // The two orders of summation round a few keys or values the other
+        // way (one half ulp): a tenth of the cache's budget covers that.
+        let budget = PUBLISHED_CACHE.iter().find(|b| b.dtype == dtype).unwrap();
+        let tol = common::Tol {
+            atol: budget.max_abs_diff / 10.0,
+            rtol: 0.0,
+        };
+        assert_close(
+            &format!("{dtype} cache: token by token vs one pass"),
+            logits.row(0).into_dyn(),
+            one_pass.row(0).into_dyn(),
+            tol,
+        );
+    }
+    let err = KvCache::new(n_layer).with_dtype(Dtype::F64).unwrap_err();
+    assert!(
+        err.to_string().contains("f64") || err.to_string().contains("F64"),
+        "{err}"
+    );
 }

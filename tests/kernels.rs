@@ -604,6 +604,129 @@ fn one_query_attention_at_this_level(level: Simd) {
     }
 }
 
+/// Attention over keys and values kept in half precision (a half
+/// `KvCache`'s) gives the bits of attention over their `f32` values, on every
+/// path: one query over contiguous rows (widened a row at a time), several
+/// queries and a query over non-contiguous rows (widened a head at a time),
+/// with and without the maps, at every level and thread count.
+#[test]
+fn attention_over_half_keys_and_values_equals_it_over_their_f32_values() {
+    at_every_level(|level| {
+        attention_over_half_at_this_level::<f16>(level);
+        attention_over_half_at_this_level::<bf16>(level);
+    });
+}
+
+fn attention_over_half_at_this_level<H>(level: Simd)
+where
+    H: gpt2_ndarray::kernels::convert::Element + Default,
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    use gpt2_ndarray::kernels::attend;
+    use half::slice::HalfFloatSliceExt;
+    use ndarray::Array1;
+    let round = |x: &Array2<f32>| -> Array2<H> {
+        let mut out = Array2::from_elem(x.raw_dim(), H::default());
+        out.as_slice_mut()
+            .unwrap()
+            .convert_from_f32_slice(x.as_slice().unwrap());
+        out
+    };
+    for (n_head, d) in [(1, 8), (3, 5), (12, 64)] {
+        let c = n_head * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        for tk in [1, 63, 64, 65, 129, 200] {
+            // Keys and values inside a wider matrix (the columns `c..2c`, as
+            // in `q | k | v`) for the non-contiguous case.
+            let wide_k = random(tk, 3 * c, 31 + tk as u64);
+            let wide_v = random(tk, 3 * c, 32 + tk as u64);
+            let (k_half, v_half) = (round(&wide_k), round(&wide_v));
+            let (k_f32, v_f32) = (k_half.mapv(|h| h.to_f32()), v_half.mapv(|h| h.to_f32()));
+            let cols = s![.., c..2 * c];
+            let (k_half_c, v_half_c) = (
+                k_half.slice(cols).as_standard_layout().into_owned(),
+                v_half.slice(cols).as_standard_layout().into_owned(),
+            );
+            let (k_f32_c, v_f32_c) = (k_f32.slice(cols).to_owned(), v_f32.slice(cols).to_owned());
+            for tq in [1, 2, 70].into_iter().filter(|&tq| tq <= tk) {
+                let q = random(tq, c, 33 + tq as u64);
+                for pad in [0, tk / 3] {
+                    let mask = Array1::from_shape_fn(tk, |j| j >= pad);
+                    let key_mask = (pad > 0).then_some(mask.view());
+                    for keep_maps in [false, true] {
+                        for threads in [1, 2] {
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .unwrap();
+                            let run = |k, v| {
+                                pool.install(|| {
+                                    attend(q.view(), k, v, n_head, scale, key_mask, keep_maps)
+                                })
+                            };
+                            let (want, want_maps) = run(k_f32_c.view(), v_f32_c.view());
+                            let contiguous = pool.install(|| {
+                                attend(
+                                    q.view(),
+                                    k_half_c.view(),
+                                    v_half_c.view(),
+                                    n_head,
+                                    scale,
+                                    key_mask,
+                                    keep_maps,
+                                )
+                            });
+                            let strided = pool.install(|| {
+                                attend(
+                                    q.view(),
+                                    k_half.slice(cols),
+                                    v_half.slice(cols),
+                                    n_head,
+                                    scale,
+                                    key_mask,
+                                    keep_maps,
+                                )
+                            });
+                            for (case, (got, got_maps)) in
+                                [("contiguous", contiguous), ("strided", strided)]
+                            {
+                                let what = format!(
+                                    "{case} {} keys, {n_head} heads of {d}, Tq={tq} Tk={tk} pad={pad} \
+                                     maps={keep_maps}, {threads} threads at {level}",
+                                    std::any::type_name::<H>()
+                                );
+                                assert_same_bits(&got, &want, &what);
+                                if let (Some(got), Some(want)) = (&got_maps, &want_maps) {
+                                    assert_same_bits(&got.scores, &want.scores, &what);
+                                    assert_same_bits(&got.probs, &want.probs, &what);
+                                }
+                                assert_eq!(got_maps.is_some(), keep_maps, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `got` and `want` hold the same bits, else the first element that differs.
+fn assert_same_bits<D: ndarray::Dimension>(
+    got: &ndarray::Array<f32, D>,
+    want: &ndarray::Array<f32, D>,
+    what: &str,
+) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    if let Some((i, (g, w))) = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .find(|(_, (g, w))| g.to_bits() != w.to_bits())
+    {
+        panic!("{what}: element {i} is {g} but {w} over f32 keys and values");
+    }
+}
+
 /// Below AVX-512 the few-rows kernel keeps its sums in tiles of 6 rows, or
 /// of 4 where those pad fewer rows (7, 8, 13–16 … rows): every sum is the
 /// same chain of fused multiply–adds either way, so a row's outputs are the

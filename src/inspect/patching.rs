@@ -174,7 +174,9 @@ pub fn activation_patching(
             .enumerate()
             .map(|(b, patch)| patch.in_sequence(b))
             .collect();
-        let mut caches: Vec<KvCache> = (0..chunk.len()).map(|_| KvCache::new(n_layer)).collect();
+        let mut caches: Vec<KvCache> = (0..chunk.len())
+            .map(|_| KvCache::one_pass(n_layer))
+            .collect();
         let mut steps: Vec<SequenceStep<'_>> = caches
             .iter_mut()
             .map(|cache| SequenceStep {

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 #[cfg(doc)]
 use crate::reference;
 
+use super::convert::{widen, Element};
 use super::fastmath::{self, dot, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
 use super::simd::simd_targets;
@@ -51,10 +52,14 @@ pub struct AttentionMaps {
 /// `C = n_head·d` → `[Tq, C]`. Head `h` is the column slice `h·d .. (h+1)·d`
 /// of each of `q`, `k`, `v` (a view, no copy) and its output lands in the
 /// same columns of the result, which is the "merge". Heads run in parallel.
-pub fn attend(
+///
+/// `k` and `v` may be kept in half precision (a half
+/// [`KvCache`](crate::KvCache)'s): they are widened to `f32` as they are
+/// read, and the result is bit for bit that of their `f32` values.
+pub fn attend<E: Element>(
     q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
+    k: ArrayView2<E>,
+    v: ArrayView2<E>,
     n_head: usize,
     scale: f32,
     key_mask: Option<ArrayView1<bool>>,
@@ -67,12 +72,39 @@ pub fn attend(
         "width {c} is not divisible by {n_head} heads"
     );
     assert!(tq <= tk, "attention: {tq} queries but only {tk} keys");
-    let d = c / n_head;
     if tq == 1 && !keep_maps {
         if let Some(merged) = attend_one(q, k, v, n_head, scale, key_mask) {
             return (merged, None);
         }
     }
+    attend_queries(q, k, v, n_head, scale, key_mask, keep_maps)
+}
+
+/// `x` widened to `f32`, row by row (`[rows, cols]`, row-major).
+fn widened<E: Element>(x: ArrayView2<E>) -> Array2<f32> {
+    let mut out = Array2::zeros(x.raw_dim());
+    for (row, mut wide) in x.rows().into_iter().zip(out.rows_mut()) {
+        let wide = wide.as_slice_mut().expect("a fresh matrix is row-major");
+        match row.as_slice() {
+            Some(row) => widen(row, wide),
+            None => wide.iter_mut().zip(row).for_each(|(w, x)| *w = x.to_f32()),
+        }
+    }
+    out
+}
+
+/// [`attend`] for any number of queries, in blocks.
+fn attend_queries<E: Element>(
+    q: ArrayView2<f32>,
+    k: ArrayView2<E>,
+    v: ArrayView2<E>,
+    n_head: usize,
+    scale: f32,
+    key_mask: Option<ArrayView1<bool>>,
+    keep_maps: bool,
+) -> (Array2<f32>, Option<AttentionMaps>) {
+    let ((tq, c), tk) = (q.dim(), k.nrows());
+    let d = c / n_head;
     let mut merged = Array2::zeros((tq, c));
     let mut maps = keep_maps.then(|| AttentionMaps {
         scores: Array3::from_elem((n_head, tq, tk), f32::NEG_INFINITY),
@@ -94,6 +126,15 @@ pub fn attend(
         .for_each(|(h, (mut out, mut maps))| {
             let cols = s![.., h * d..(h + 1) * d];
             let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
+            // Half keys and values are widened to f32, one head's at a time.
+            let (k_wide, v_wide);
+            let (k, v) = match (E::view_f32(k), E::view_f32(v)) {
+                (Some(k), Some(v)) => (k, v),
+                _ => {
+                    (k_wide, v_wide) = (widened(k), widened(v));
+                    (k_wide.view(), v_wide.view())
+                }
+            };
             // kᵀ [d, Tk]. For a prompt it is written out once per head so
             // that every block's q·kᵀ reads it along rows (the GEMM then
             // copies contiguous runs instead of gathering one number at a
@@ -217,11 +258,12 @@ fn attend_block(
 /// `dot` for `q·kᵀ`; `e·v` in blocks of `GEMV_ROW_BLOCK` keys, each summed
 /// from zero one key after the other, the blocks then added in order), so
 /// the result is bit for bit the same, whatever the grouping, the thread
-/// count or the SIMD level.
-fn attend_one(
+/// count or the SIMD level. Keys and values in half precision are widened a
+/// row at a time as they are read, into the same `f32`s.
+fn attend_one<E: Element>(
     q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
+    k: ArrayView2<E>,
+    v: ArrayView2<E>,
     n_head: usize,
     scale: f32,
     key_mask: Option<ArrayView1<bool>>,
@@ -275,10 +317,23 @@ const KV_PREFETCH_ROWS: usize = 4;
 /// the end of `x` (the rows after the last) it fetches nothing useful and
 /// never faults.
 #[inline(always)]
-fn prefetch_row(x: &[f32], start: usize, width: usize) {
-    let p = x.as_ptr().wrapping_add(start);
-    for i in (0..width).step_by(16) {
-        super::simd::prefetch_l2(p.wrapping_add(i));
+fn prefetch_row<E>(x: &[E], start: usize, width: usize) {
+    let p = x.as_ptr().wrapping_add(start).cast::<u8>();
+    for byte in (0..width * std::mem::size_of::<E>()).step_by(64) {
+        super::simd::prefetch_l2(p.wrapping_add(byte));
+    }
+}
+
+/// `x` as `f32`s: itself, or widened into `buffer` (at least as long).
+#[inline(always)]
+fn as_f32<'a, E: Element>(x: &'a [E], buffer: &'a mut [f32]) -> &'a [f32] {
+    match E::slice_f32(x) {
+        Some(x) => x,
+        None => {
+            let buffer = &mut buffer[..x.len()];
+            widen(x, buffer);
+            buffer
+        }
     }
 }
 
@@ -289,10 +344,10 @@ simd_targets! {
     /// start at the group's first column of their first row; rows are `ld`
     /// apart.
     #[allow(clippy::too_many_arguments)]
-    fn one_query_heads(
+    fn one_query_heads<E: Element>(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &[E],
+        v: &[E],
         ld: usize,
         shape: (usize, usize, f32),
         key_mask: Option<ArrayView1<bool>>,
@@ -301,11 +356,13 @@ simd_targets! {
     ) {
         let (d, tk, scale) = shape;
         let width = q.len();
+        // A half row widened (an f32 row is read in place).
+        let mut wide = vec![0.0f32; if E::slice_f32(k).is_some() { 0 } else { width }];
         // q·kᵀ: each cached row's columns of these heads, in one stretch,
         // the row KV_PREFETCH_ROWS further on asked for meanwhile.
         for j in 0..tk {
             prefetch_row(k, (j + KV_PREFETCH_ROWS) * ld, width);
-            let k_row = &k[j * ld..j * ld + width];
+            let k_row = as_f32(&k[j * ld..j * ld + width], &mut wide);
             for (h, (q_h, k_h)) in q.chunks_exact(d).zip(k_row.chunks_exact(d)).enumerate() {
                 e[h * tk + j] = dot(q_h, k_h);
             }
@@ -340,7 +397,7 @@ simd_targets! {
             partial.fill(0.0);
             for j in j0..(j0 + GEMV_ROW_BLOCK).min(tk) {
                 prefetch_row(v, (j + KV_PREFETCH_ROWS) * ld, width);
-                let v_row = &v[j * ld..j * ld + width];
+                let v_row = as_f32(&v[j * ld..j * ld + width], &mut wide);
                 for (h, (acc, v_h)) in partial.chunks_exact_mut(d).zip(v_row.chunks_exact(d)).enumerate() {
                     let x = e[h * tk + j];
                     for (a, &w) in acc.iter_mut().zip(v_h) {

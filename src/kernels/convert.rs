@@ -127,6 +127,7 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 
 /// `dst[i] = src[i]` widened to `f32` (the slices have one length); `f16`
 /// with `vcvtph2ps` where the level is AVX-512 or AVX2 (F16C).
+#[inline]
 pub fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(src) = E::slice_f16(src) {

@@ -72,6 +72,7 @@ pub(super) unsafe fn load8<E: Element>(y: &[E], p: usize) -> std::arch::x86_64::
 }
 
 /// [`super::convert::widen`] for `f16`.
+#[inline]
 #[target_feature(enable = "avx2,f16c")]
 pub(super) fn widen_f16(src: &[f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen: lengths differ");

@@ -1,8 +1,12 @@
 //! The key/value cache of incremental decoding.
 
-use ndarray::{ArrayView1, ArrayView2};
+use anyhow::{bail, Result};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+use ndarray::{ArrayView1, ArrayView2, CowArray, Ix2};
 
+use crate::checkpoint::Dtype;
 use crate::config::Config;
+use crate::kernels::convert::{widen, Element};
 
 /// The keys and values of every position seen so far, per block, so that a new
 /// token costs one position of work instead of a recompute of the sequence.
@@ -17,10 +21,21 @@ use crate::config::Config;
 /// ([`KvCache::with_capacity`], [`KvCache::reserve`]) it is never copied or
 /// grown, otherwise it grows as a `Vec` does (doubling, which copies it and
 /// may leave up to half of it unused).
+///
+/// The keys and values are kept as `f32` unless the cache is made to keep
+/// them in half precision ([`KvCache::with_dtype`], or
+/// [`GenerateOptions::kv_cache`](crate::generate::GenerateOptions::kv_cache)):
+/// each is then rounded to `f16` or `bf16` as it is stored (to nearest, ties
+/// to even, as `torch.Tensor.to` does), which halves the cache's memory and
+/// what a decoding step reads of it. Attention widens them back to `f32` as
+/// it reads them, so a half cache gives exactly what an `f32` cache holding
+/// the rounded values would give; the rounding is the only difference from
+/// an `f32` cache (its effect on the logits is measured in
+/// `docs/half-precision.md`, "A half key/value cache").
 #[derive(Clone, Debug)]
 pub struct KvCache {
     /// Per block: keys and values, `[len, C]` each, row-major.
-    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    kv: Vec<(Rows, Rows)>,
     /// `C`, the width of a key; 0 until known (the first append, or a cache
     /// made for a model's config).
     width: usize,
@@ -33,18 +48,46 @@ pub struct KvCache {
     padded: bool,
     /// Position id (`wpe` row) the next real token gets.
     next_position: usize,
+    /// A one-pass cache ([`KvCache::one_pass`]): each block's keys and values
+    /// are dropped once the block has attended.
+    one_pass: bool,
 }
 
 impl KvCache {
-    /// An empty cache for a model of `n_layer` blocks.
+    /// An empty cache for a model of `n_layer` blocks, keeping `f32`.
     pub fn new(n_layer: usize) -> Self {
         KvCache {
-            kv: vec![(Vec::new(), Vec::new()); n_layer],
+            kv: vec![(Rows::F32(Vec::new()), Rows::F32(Vec::new())); n_layer],
             width: 0,
             room: 0,
             key_mask: Vec::new(),
             padded: false,
             next_position: 0,
+            one_pass: false,
+        }
+    }
+
+    /// The cache of a pass whose keys and values nobody reads afterwards
+    /// ([`Gpt2::forward`](crate::Gpt2::forward),
+    /// [`Gpt2::next_token_logits`](crate::Gpt2::next_token_logits)): each
+    /// block's are freed as soon as the block has attended
+    /// ([`KvCache::block_done`]), so that a long prompt holds one block's
+    /// keys and values at a time instead of every block's (75.5 MB of f32 at
+    /// 1,024 positions of GPT-2 small).
+    pub(crate) fn one_pass(n_layer: usize) -> Self {
+        KvCache {
+            one_pass: true,
+            ..KvCache::new(n_layer)
+        }
+    }
+
+    /// Block `layer` has attended: a one-pass cache frees its keys and
+    /// values (the cache is then only good for being dropped).
+    pub(crate) fn block_done(&mut self, layer: usize) {
+        if self.one_pass {
+            let (k, v) = &mut self.kv[layer];
+            *k = Rows::empty(k.dtype());
+            *v = Rows::empty(v.dtype());
         }
     }
 
@@ -62,6 +105,39 @@ impl KvCache {
         cache.width = config.n_embd;
         cache.room = positions;
         cache
+    }
+
+    /// The cache keeping its keys and values as `dtype` (`f32`, `f16` or
+    /// `bf16`) from now on; what it holds already is converted (rounded, for
+    /// a narrower dtype). Errors for `f64`.
+    pub fn with_dtype(mut self, dtype: Dtype) -> Result<Self> {
+        if dtype == Dtype::F64 {
+            bail!("a key/value cache keeps f32, f16 or bf16, not {dtype}");
+        }
+        let width = self.width;
+        for (k, v) in &mut self.kv {
+            for rows in [k, v] {
+                if rows.dtype() != dtype {
+                    let mut converted = Rows::empty(dtype);
+                    converted.reserve_exact(rows.capacity());
+                    converted.extend(rows.view(width).view());
+                    *rows = converted;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The dtype the keys and values are kept in.
+    pub fn dtype(&self) -> Dtype {
+        self.kv.first().map_or(Dtype::F32, |(k, _)| k.dtype())
+    }
+
+    /// Bytes the cached keys and values take (their length, not the room
+    /// reserved).
+    pub fn bytes(&self) -> usize {
+        let values: usize = self.kv.iter().map(|(k, v)| k.len() + v.len()).sum();
+        values * self.dtype().size()
     }
 
     /// Make room for `additional` more positions in every block at once (one
@@ -181,17 +257,28 @@ impl KvCache {
                 cached.reserve_exact(new.len().max(self.room * width));
             }
             cached.reserve(new.len());
-            match new.as_slice() {
-                Some(rows) => cached.extend_from_slice(rows),
-                None => new.rows().into_iter().for_each(|row| cached.extend(row)),
-            }
+            cached.extend(new);
         }
     }
 
-    /// Keys and values of block `layer`, `[len, C]` each.
-    pub fn keys_values(&self, layer: usize) -> (ArrayView2<'_, f32>, ArrayView2<'_, f32>) {
+    /// Keys and values of block `layer`, `[len, C]` each, as `f32`: a view of
+    /// an `f32` cache, a widened copy of a half one.
+    pub fn keys_values(&self, layer: usize) -> (CowArray<'_, f32, Ix2>, CowArray<'_, f32, Ix2>) {
         let (k, v) = &self.kv[layer];
-        (rows_of(k, self.width), rows_of(v, self.width))
+        (k.view(self.width), v.view(self.width))
+    }
+
+    /// Keys and values of block `layer` as they are stored, for attention to
+    /// read (and widen) in place.
+    pub(crate) fn stored(&self, layer: usize) -> Stored<'_> {
+        let width = self.width;
+        match &self.kv[layer] {
+            (Rows::F32(k), Rows::F32(v)) => Stored::F32(rows_of(k, width), rows_of(v, width)),
+            (Rows::F16(k), Rows::F16(v)) => Stored::F16(rows_of(k, width), rows_of(v, width)),
+            (Rows::BF16(k), Rows::BF16(v)) => Stored::BF16(rows_of(k, width), rows_of(v, width)),
+            // Keys and values are converted together (`with_dtype`).
+            _ => unreachable!("a cache keeps its keys and values in one dtype"),
+        }
     }
 
     /// `[len]`, true at real tokens; `None` when there is no padding at all.
@@ -200,8 +287,125 @@ impl KvCache {
     }
 }
 
+/// One block's keys (or values), `[len, C]` row-major, in the cache's dtype.
+#[derive(Clone, Debug)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// `$body` with `$v` bound to the buffer of `$rows`, whatever its dtype.
+macro_rules! each_dtype {
+    ($rows:expr, $v:ident => $body:expr) => {
+        match $rows {
+            Rows::F32($v) => $body,
+            Rows::F16($v) => $body,
+            Rows::BF16($v) => $body,
+        }
+    };
+}
+
+/// A block's keys and values as stored: `[len, C]` each, in the cache's dtype.
+pub(crate) enum Stored<'a> {
+    F32(ArrayView2<'a, f32>, ArrayView2<'a, f32>),
+    F16(ArrayView2<'a, f16>, ArrayView2<'a, f16>),
+    BF16(ArrayView2<'a, bf16>, ArrayView2<'a, bf16>),
+}
+
+impl Rows {
+    fn empty(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F16 => Rows::F16(Vec::new()),
+            Dtype::BF16 => Rows::BF16(Vec::new()),
+            Dtype::F32 | Dtype::F64 => Rows::F32(Vec::new()),
+        }
+    }
+
+    fn dtype(&self) -> Dtype {
+        match self {
+            Rows::F32(_) => Dtype::F32,
+            Rows::F16(_) => Dtype::F16,
+            Rows::BF16(_) => Dtype::BF16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        each_dtype!(self, v => v.len())
+    }
+
+    fn capacity(&self) -> usize {
+        each_dtype!(self, v => v.capacity())
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        each_dtype!(self, v => v.reserve(additional))
+    }
+
+    fn reserve_exact(&mut self, additional: usize) {
+        each_dtype!(self, v => v.reserve_exact(additional))
+    }
+
+    fn clear(&mut self) {
+        each_dtype!(self, v => v.clear())
+    }
+
+    /// Append the rows of `new`, each value rounded to the dtype.
+    fn extend(&mut self, new: ArrayView2<f32>) {
+        match new.as_slice() {
+            Some(values) => self.extend_from_slice(values),
+            None => {
+                for row in new.rows() {
+                    match row.as_slice() {
+                        Some(values) => self.extend_from_slice(values),
+                        None => self.extend_from_slice(&row.to_vec()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Append `values`, each rounded to the dtype.
+    fn extend_from_slice(&mut self, values: &[f32]) {
+        match self {
+            Rows::F32(v) => v.extend_from_slice(values),
+            Rows::F16(v) => append_rounded(v, values),
+            Rows::BF16(v) => append_rounded(v, values),
+        }
+    }
+
+    fn view(&self, width: usize) -> CowArray<'_, f32, Ix2> {
+        match self {
+            Rows::F32(v) => rows_of(v, width).into(),
+            Rows::F16(v) => widened(rows_of(v, width)).into(),
+            Rows::BF16(v) => widened(rows_of(v, width)).into(),
+        }
+    }
+}
+
+/// `values` rounded to the half type `H` and appended to `v`.
+fn append_rounded<H: Default + Clone>(v: &mut Vec<H>, values: &[f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    let start = v.len();
+    v.resize(start + values.len(), H::default());
+    v[start..].convert_from_f32_slice(values);
+}
+
+/// `x` widened to `f32`.
+fn widened<E: Element>(x: ArrayView2<E>) -> ndarray::Array2<f32> {
+    let mut out = ndarray::Array2::zeros(x.raw_dim());
+    let (x, o) = (x.as_slice(), out.as_slice_mut());
+    widen(
+        x.expect("a cache's rows are contiguous"),
+        o.expect("a fresh matrix is contiguous"),
+    );
+    out
+}
+
 /// `x` as `[len / width, width]`, row-major (`[0, 0]` while the width is unknown).
-fn rows_of(x: &[f32], width: usize) -> ArrayView2<'_, f32> {
+fn rows_of<E>(x: &[E], width: usize) -> ArrayView2<'_, E> {
     let rows = x.len().checked_div(width).unwrap_or(0);
     ArrayView2::from_shape((rows, width), x).expect("whole rows of the width")
 }

@@ -32,6 +32,7 @@ mod parameters;
 mod save;
 
 pub use cache::KvCache;
+use cache::Stored;
 pub use load::{LoadOptions, WeightsFormat};
 pub use parameters::{Parameter, ParameterMut, BLOCK_PARAMETERS};
 
@@ -237,13 +238,13 @@ impl Gpt2 {
 
     /// [`Gpt2::forward`], recording the activations `trace` asks for.
     pub fn forward_traced(&self, ids: &[u32], trace: &mut Trace) -> Result<Array2<f32>> {
-        let mut cache = KvCache::new(self.config.n_layer);
+        let mut cache = KvCache::one_pass(self.config.n_layer);
         self.forward_step(ids, None, &mut cache, Logits::All, trace)
     }
 
     /// The next-token logits `[vocab]` after `ids`.
     pub fn next_token_logits(&self, ids: &[u32]) -> Result<Array1<f32>> {
-        let mut cache = KvCache::new(self.config.n_layer);
+        let mut cache = KvCache::one_pass(self.config.n_layer);
         let logits = self.forward_step(ids, None, &mut cache, Logits::Last, &mut Trace::off())?;
         Ok(logits.row(0).to_owned())
     }
@@ -282,7 +283,7 @@ impl Gpt2 {
         trace: &mut Trace,
         interventions: &Interventions,
     ) -> Result<Array2<f32>> {
-        let mut cache = KvCache::new(self.config.n_layer);
+        let mut cache = KvCache::one_pass(self.config.n_layer);
         self.forward_step_intervened(ids, None, &mut cache, Logits::All, trace, interventions)
     }
 
@@ -410,6 +411,9 @@ impl Gpt2 {
             let last_block = i + 1 == self.h.len();
             let keep = (last_block && logits == Logits::Last).then_some(&last_rows[..]);
             x = self.block(i, block, x, sequences, keep, trace, &mut hooks);
+            for seq in sequences.iter_mut() {
+                seq.cache.block_done(i);
+            }
         }
         debug_assert!(!self.h.is_empty(), "Config::validate refuses n_layer = 0");
         let mut x = layer_norm(x.view(), &self.ln_f);
@@ -548,10 +552,19 @@ impl Gpt2 {
         // Only a trace of one sequence records q, k, v and the maps.
         let keep_maps = match sequences {
             [seq] => {
-                let (k, v) = seq.cache.keys_values(i); // [Tk, C]: cached positions and these
-                for (name, t) in [("attn.q", q.view()), ("attn.k", k), ("attn.v", v)] {
-                    if trace.wants_in(i, name) {
-                        trace.record_in(i, name, split_heads(t, n_head).view());
+                if trace.wants_in(i, "attn.q") {
+                    trace.record_in(i, "attn.q", split_heads(q, n_head).view());
+                }
+                if ["attn.k", "attn.v"]
+                    .iter()
+                    .any(|name| trace.wants_in(i, name))
+                {
+                    // [Tk, C]: cached positions and these (a half cache's widened).
+                    let (k, v) = seq.cache.keys_values(i);
+                    for (name, t) in [("attn.k", k), ("attn.v", v)] {
+                        if trace.wants_in(i, name) {
+                            trace.record_in(i, name, split_heads(t.view(), n_head).view());
+                        }
                     }
                 }
                 ["attn.scores", "attn.probs"]
@@ -565,9 +578,13 @@ impl Gpt2 {
             .par_iter()
             .zip(query_rows)
             .map(|(seq, rows)| {
-                let (k, v) = seq.cache.keys_values(i);
                 let q = q.slice(s![rows.clone(), ..]);
-                attend(q, k, v, n_head, scale, seq.cache.key_mask(), keep_maps)
+                let mask = seq.cache.key_mask();
+                match seq.cache.stored(i) {
+                    Stored::F32(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
+                    Stored::F16(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
+                    Stored::BF16(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
+                }
             })
             .collect();
         if let [(merged, maps)] = &mut heads[..] {
@@ -689,7 +706,9 @@ impl Gpt2 {
             mask.dim()
         );
         let (b, t) = ids.dim();
-        let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(self.config.n_layer)).collect();
+        let mut caches: Vec<KvCache> = (0..b)
+            .map(|_| KvCache::one_pass(self.config.n_layer))
+            .collect();
         let mut x = Array2::zeros((b * t, self.config.n_embd)); // [B·T, C]
         for (row, ((ids, mask), cache)) in ids
             .outer_iter()
