@@ -74,6 +74,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.pytorch_utils import Conv1D
 
+import kv_cache  # python_ref/kv_cache.py, beside this script
 import perplexity  # python_ref/perplexity.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -913,8 +914,10 @@ def mode_random(tokenizer_dir):
     assert min(f["top_k_10"]["kth_minus_next"], f["combined"]["top_k_kth_minus_next"]) > 1e-3
     assert min(f["top_p_0.9"]["cum_above_cut"], f["top_p_0.9"]["cum_below_cut"]) > 5e-5
     assert min(f["combined"]["top_p_cum_above_cut"], f["combined"]["top_p_cum_below_cut"]) > 1e-4
-    # write_references starts golden/reference afresh: the perplexity reference lives there too.
+    # write_references starts golden/reference afresh: the perplexity and half-cache references
+    # live there too.
     perplexity.write_reference("golden/model", "golden/reference/perplexity.json")
+    kv_cache.write_reference("golden/model", "golden/reference/perplexity.json", "golden/reference/kv_cache")
     dtypes = write_dtypes(GOLDEN / "checkpoints")
     print(f"dtypes.safetensors: {', '.join(dtypes)}")
     for f in sorted(model_dir.iterdir()):
