@@ -25,9 +25,10 @@ use gpt2_ndarray::generate::Rng;
 use gpt2_ndarray::perplexity::perplexity;
 use gpt2_ndarray::precision::{
     compare_logits, forward_with_cache, greedy_agreement, greedy_agreement_with_cache,
+    LogitAgreement,
 };
 use gpt2_ndarray::{Dtype, Gpt2};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Measure what f16 and bf16 weights change.
 #[derive(Parser)]
@@ -155,27 +156,18 @@ fn try_main() -> Result<()> {
         )?;
         let half_ppl = perplexity(&half, &ids, stride, |_, _| {})?;
         let delta = half_ppl.perplexity() - ppl.perplexity();
-        println!(
-            "  {:<7} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12.4} {:>+10.4}",
-            dtype.to_string(),
-            agreement.max_abs_diff,
-            agreement.mean_abs_diff,
-            format!("{}/{}", agreement.top1_agree, agreement.positions),
-            format!("{same}/{generated}"),
-            half_ppl.perplexity(),
-            delta
+        print_row(
+            &dtype.to_string(),
+            &agreement,
+            (same, generated),
+            &format!("{:.4}", half_ppl.perplexity()),
+            &format!("{delta:+.4}"),
         );
-        rows.push(json!({
-            "dtype": dtype.to_string(),
-            "max_abs_logit_diff": agreement.max_abs_diff,
-            "mean_abs_logit_diff": agreement.mean_abs_diff,
-            "top1_agree": agreement.top1_agree,
-            "positions": agreement.positions,
-            "greedy_agree": same,
-            "greedy_tokens": generated,
-            "perplexity": half_ppl.perplexity(),
-            "perplexity_f32": ppl.perplexity(),
-        }));
+        let mut row = row_json(&agreement, (same, generated));
+        row.insert("dtype".into(), json!(dtype.to_string()));
+        row.insert("perplexity".into(), json!(half_ppl.perplexity()));
+        row.insert("perplexity_f32".into(), json!(ppl.perplexity()));
+        rows.push(Value::Object(row));
     }
     let mut cache_rows = Vec::new();
     for dtype in [Dtype::F16, Dtype::BF16]
@@ -194,25 +186,16 @@ fn try_main() -> Result<()> {
             args.prompt_tokens,
             new_tokens,
         )?;
-        println!(
-            "  {:<7} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12} {:>10}",
-            format!("{dtype} kv"),
-            agreement.max_abs_diff,
-            agreement.mean_abs_diff,
-            format!("{}/{}", agreement.top1_agree, agreement.positions),
-            format!("{same}/{generated}"),
+        print_row(
+            &format!("{dtype} kv"),
+            &agreement,
+            (same, generated),
             "—",
-            "—"
+            "—",
         );
-        cache_rows.push(json!({
-            "kv_cache": dtype.to_string(),
-            "max_abs_logit_diff": agreement.max_abs_diff,
-            "mean_abs_logit_diff": agreement.mean_abs_diff,
-            "top1_agree": agreement.top1_agree,
-            "positions": agreement.positions,
-            "greedy_agree": same,
-            "greedy_tokens": generated,
-        }));
+        let mut row = row_json(&agreement, (same, generated));
+        row.insert("kv_cache".into(), json!(dtype.to_string()));
+        cache_rows.push(Value::Object(row));
     }
     if let Some(path) = &args.json {
         let report = json!({
@@ -225,4 +208,37 @@ fn try_main() -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// One row of the table: the logits' agreement, the greedy tokens shared of
+/// those generated, then the perplexity columns as given.
+fn print_row(
+    label: &str,
+    a: &LogitAgreement,
+    (same, generated): (usize, usize),
+    perplexity: &str,
+    delta: &str,
+) {
+    println!(
+        "  {:<7} {:>14.3e} {:>14.3e} {:>12} {:>14} {:>12} {:>10}",
+        label,
+        a.max_abs_diff,
+        a.mean_abs_diff,
+        format!("{}/{}", a.top1_agree, a.positions),
+        format!("{same}/{generated}"),
+        perplexity,
+        delta
+    );
+}
+
+/// The figures every row's JSON holds.
+fn row_json(a: &LogitAgreement, (same, generated): (usize, usize)) -> Map<String, Value> {
+    let mut row = Map::new();
+    row.insert("max_abs_logit_diff".into(), json!(a.max_abs_diff));
+    row.insert("mean_abs_logit_diff".into(), json!(a.mean_abs_diff));
+    row.insert("top1_agree".into(), json!(a.top1_agree));
+    row.insert("positions".into(), json!(a.positions));
+    row.insert("greedy_agree".into(), json!(same));
+    row.insert("greedy_tokens".into(), json!(generated));
+    row
 }

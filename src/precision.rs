@@ -106,7 +106,7 @@ pub fn argmax(x: ArrayView1<f32>) -> usize {
 /// once, as it is cached). Errors as [`Gpt2::forward_step`], and for an
 /// `f64` cache.
 pub fn forward_with_cache(model: &Gpt2, ids: &[u32], kv_cache: Dtype) -> Result<Array2<f32>> {
-    let mut cache = KvCache::new(model.config.n_layer).with_dtype(kv_cache)?;
+    let mut cache = KvCache::one_pass(model.config.n_layer).with_dtype(kv_cache)?;
     model.forward_step(ids, None, &mut cache, Logits::All, &mut Trace::off())
 }
 

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 #[cfg(doc)]
 use crate::reference;
 
-use super::convert::{widen, Element};
+use super::convert::{widen, widened, Element};
 use super::fastmath::{self, dot, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
 use super::simd::simd_targets;
@@ -77,33 +77,6 @@ pub fn attend<E: Element>(
             return (merged, None);
         }
     }
-    attend_queries(q, k, v, n_head, scale, key_mask, keep_maps)
-}
-
-/// `x` widened to `f32`, row by row (`[rows, cols]`, row-major).
-fn widened<E: Element>(x: ArrayView2<E>) -> Array2<f32> {
-    let mut out = Array2::zeros(x.raw_dim());
-    for (row, mut wide) in x.rows().into_iter().zip(out.rows_mut()) {
-        let wide = wide.as_slice_mut().expect("a fresh matrix is row-major");
-        match row.as_slice() {
-            Some(row) => widen(row, wide),
-            None => wide.iter_mut().zip(row).for_each(|(w, x)| *w = x.to_f32()),
-        }
-    }
-    out
-}
-
-/// [`attend`] for any number of queries, in blocks.
-fn attend_queries<E: Element>(
-    q: ArrayView2<f32>,
-    k: ArrayView2<E>,
-    v: ArrayView2<E>,
-    n_head: usize,
-    scale: f32,
-    key_mask: Option<ArrayView1<bool>>,
-    keep_maps: bool,
-) -> (Array2<f32>, Option<AttentionMaps>) {
-    let ((tq, c), tk) = (q.dim(), k.nrows());
     let d = c / n_head;
     let mut merged = Array2::zeros((tq, c));
     let mut maps = keep_maps.then(|| AttentionMaps {

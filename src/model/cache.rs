@@ -6,7 +6,7 @@ use ndarray::{ArrayView1, ArrayView2, CowArray, Ix2};
 
 use crate::checkpoint::Dtype;
 use crate::config::Config;
-use crate::kernels::convert::{widen, Element};
+use crate::kernels::convert::widened;
 
 /// The keys and values of every position seen so far, per block, so that a new
 /// token costs one position of work instead of a recompute of the sequence.
@@ -399,17 +399,6 @@ where
     let start = v.len();
     v.resize(start + values.len(), H::default());
     v[start..].convert_from_f32_slice(values);
-}
-
-/// `x` widened to `f32`.
-fn widened<E: Element>(x: ArrayView2<E>) -> ndarray::Array2<f32> {
-    let mut out = ndarray::Array2::zeros(x.raw_dim());
-    let (x, o) = (x.as_slice(), out.as_slice_mut());
-    widen(
-        x.expect("a cache's rows are contiguous"),
-        o.expect("a fresh matrix is contiguous"),
-    );
-    out
 }
 
 /// `x` as `[len / width, width]`, row-major (`[0, 0]` while the width is unknown).
