@@ -30,8 +30,8 @@
 //! split — so results are bit-identical whatever the thread count.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -222,20 +222,32 @@ fn product_of<E: Element>(
 /// panels.
 const PANEL_ELEMENTS: usize = 1 << 22;
 
-thread_local! {
-    /// The panel [`gemm_panels`] last widened on this thread, kept for the
-    /// next product: [`PANEL_ELEMENTS`] `f32`s at most (or 16 columns of a
-    /// matrix deeper than 2¹⁸ rows). A fresh allocation of that size is a
-    /// fresh mapping from the system, each of whose pages faults on its first
-    /// write: that cost more than the widening itself (`f16` prefill at
-    /// T=128, 1.14–1.16× the `f32` time with a fresh buffer per product,
-    /// 1.04–1.09× with this one; the same machine as above).
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// The panel [`gemm_panels`] last widened, kept for the next product:
+/// [`PANEL_ELEMENTS`] `f32`s at most (or 16 columns of a matrix deeper than
+/// 2¹⁸ rows). A fresh allocation of that size is a fresh mapping from the
+/// system, each of whose pages faults on its first write: that cost more than
+/// the widening itself (`f16` prefill at T=128, 1.14–1.16× the `f32` time
+/// with a fresh buffer per product, 1.04–1.09× with a kept one; the same
+/// machine as above). One buffer for the process, not one per thread: a
+/// forward pass runs on whichever of the pool's threads picks it up, and a
+/// buffer per thread kept one more 9 MB panel (GPT-2 small) for each thread
+/// that ever ran a half-precision prompt.
+static PANEL: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// The kept [`PANEL`], unless another thread holds it now. (Its contents are
+/// scratch, overwritten before each use: a panic while it was held leaves
+/// nothing to distrust.)
+fn kept_panel() -> Option<MutexGuard<'static, Vec<f32>>> {
+    match PANEL.try_lock() {
+        Ok(kept) => Some(kept),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 /// [`gemm`] with a half-precision `b`: the columns of `b` in panels of at
 /// most [`PANEL_ELEMENTS`] values, each widened to `f32` (rows in parallel)
-/// into this thread's [`PANEL`] and multiplied by the packed GEMM into its
+/// into the kept [`PANEL`] and multiplied by the packed GEMM into its
 /// columns of `c`. The panel keeps the layout of `b` (row-major for a
 /// `Conv1D` weight, column-major for `wteᵀ`), so it is widened front to back.
 fn gemm_panels<E: Element>(
@@ -248,9 +260,12 @@ fn gemm_panels<E: Element>(
     let (k, n) = b.dim();
     let width = (PANEL_ELEMENTS / k).max(16).min(n);
     let column_major = b.strides()[0] == 1 && b.strides()[1] != 1;
-    // Taken out while in use (a product nested in this one, were there any,
-    // would find it empty and allocate its own), put back at the end.
-    let mut panel = PANEL.with(|kept| kept.take());
+    // Taken out while in use (a product running at the same time, on another
+    // thread, finds it empty or locked and allocates its own for this call),
+    // put back at the end unless a larger one was put back meanwhile.
+    let mut panel = kept_panel()
+        .map(|mut kept| std::mem::take(&mut *kept))
+        .unwrap_or_default();
     if panel.len() < k * width {
         panel = vec![0.0f32; k * width];
     }
@@ -289,7 +304,11 @@ fn gemm_panels<E: Element>(
         };
         gemm(a, b32, c.slice_mut(s![.., j0..j1]), output, threads);
     }
-    PANEL.with(|kept| kept.replace(panel));
+    if let Some(mut kept) = kept_panel() {
+        if kept.len() < panel.len() {
+            *kept = panel;
+        }
+    }
 }
 
 /// The instruction set each kernel runs with on this machine now, as
