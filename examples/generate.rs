@@ -51,6 +51,10 @@ struct Args {
     /// f32), rounding each key and value (docs/half-precision.md).
     #[arg(long, default_value = "f32")]
     kv_cache: gpt2_ndarray::checkpoint::Dtype,
+    /// Run each prompt through the model at most this many tokens at a time
+    /// (less memory for a long prompt, a slower prefill; default: at once).
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 40)]
     max_new_tokens: usize,
@@ -98,6 +102,7 @@ fn try_main() -> Result<()> {
         stop_at_end_of_text: !args.ignore_eos,
         stop_strings: args.stop_strings.clone(),
         kv_cache: args.kv_cache,
+        prefill_chunk: args.prefill_chunk,
     };
     if let Some(path) = &args.prompts {
         return generate_file(&model, &tokenizer, path, &args, options);

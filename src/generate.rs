@@ -48,6 +48,17 @@ pub struct GenerateOptions {
     /// precision rounds each key and value as it is stored, and halves the
     /// cache's memory and what a decoding step reads of it ([`KvCache`]).
     pub kv_cache: Dtype,
+    /// Run a prompt through the model at most this many tokens at a time
+    /// (`None`, the default: all at once; a batch's prompts share the
+    /// number): each chunk adds its keys and values to the cache before the
+    /// next, so the activations take the memory of a chunk, not of the whole
+    /// prompt. It trades speed for memory: GPT-2 small, an 896-token prompt,
+    /// `Some(256)`: the process's peak about 14 MB lower (heap 61.0 instead of
+    /// 74.7 MiB with f16 weights and cache), the prefill 2–14% slower (each
+    /// chunk reads the weights again; `docs/bench.md`). The logits are those of one
+    /// pass up to rounding (products of another shape); prompts of a
+    /// generation with interventions always run in one pass.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -63,6 +74,7 @@ impl Default for GenerateOptions {
             stop_at_end_of_text: true,
             stop_strings: Vec::new(),
             kv_cache: Dtype::F32,
+            prefill_chunk: None,
         }
     }
 }
@@ -98,6 +110,10 @@ impl GenerateOptions {
         ensure!(
             self.kv_cache != Dtype::F64,
             "kv_cache is f64: the cache keeps f32, f16 or bf16"
+        );
+        ensure!(
+            self.prefill_chunk != Some(0),
+            "prefill_chunk is 0: at least one prompt token must run at a time"
         );
         Ok(())
     }
@@ -413,16 +429,27 @@ impl<'a> Generation<'a> {
         Ok(generation)
     }
 
-    /// Run the prompt and keep the next-token logits.
+    /// Run the prompt (in chunks of [`GenerateOptions::prefill_chunk`]
+    /// tokens if set and there are no interventions) and keep the next-token
+    /// logits.
     fn prefill(&mut self, prompt: &[u32], mask: Option<&[bool]>) -> Result<()> {
-        let logits = self.model.forward_step_intervened(
-            prompt,
-            mask,
-            &mut self.cache,
-            Logits::Last,
-            &mut Trace::off(),
-            self.interventions,
-        )?;
+        let logits = if self.interventions.is_empty() {
+            let mut steps = [SequenceStep {
+                ids: prompt,
+                mask,
+                cache: &mut self.cache,
+            }];
+            prefill_in_chunks(self.model, &mut steps, self.options.prefill_chunk)?
+        } else {
+            self.model.forward_step_intervened(
+                prompt,
+                mask,
+                &mut self.cache,
+                Logits::Last,
+                &mut Trace::off(),
+                self.interventions,
+            )?
+        };
         self.logits = logits.row(0).to_owned();
         Ok(())
     }
@@ -694,7 +721,7 @@ impl<'a> BatchGeneration<'a> {
                 cache: &mut g.cache,
             })
             .collect();
-        let logits = model.forward_steps(&mut steps, Logits::Last)?; // [B, vocab]
+        let logits = prefill_in_chunks(model, &mut steps, options.prefill_chunk)?; // [B, vocab]
         for (g, row) in sequences.iter_mut().zip(logits.rows()) {
             g.logits = row.to_owned();
         }
@@ -816,6 +843,75 @@ pub fn generate_batch(
     Ok((0..batch.len())
         .map(|b| batch.generated(b).to_vec())
         .collect())
+}
+
+/// Run the prompts of `steps` through the model, at most about `chunk` rows
+/// at a time over the whole batch (`None`: all at once), and return each
+/// one's last logits `[B, vocab]`. A prompt longer than its share (`chunk / B` rows, at least
+/// one) runs over several forward steps, each adding its keys and values to
+/// the cache before the next; the head runs once per prompt, at its end. A
+/// padded prompt's first chunk reaches its first real token (a step must
+/// have one to attend to). Every prompt is checked before any runs.
+fn prefill_in_chunks(
+    model: &Gpt2,
+    steps: &mut [SequenceStep<'_>],
+    chunk: Option<usize>,
+) -> Result<Array2<f32>> {
+    for (b, step) in steps.iter().enumerate() {
+        let checked = model.check_step(step.ids, step.mask, step.cache);
+        match steps.len() {
+            1 => checked?,
+            _ => checked.map_err(|e| e.context(format!("prompt {b} of the batch")))?,
+        }
+    }
+    let chunk = match chunk {
+        Some(chunk) if steps.iter().map(|s| s.ids.len()).sum::<usize>() > chunk => chunk,
+        _ => return model.forward_steps(steps, Logits::Last),
+    };
+    let share = (chunk / steps.len()).max(1);
+    let mut logits = Array2::zeros((steps.len(), model.config.vocab_size));
+    let mut done = vec![0; steps.len()]; // rows of each prompt run so far
+    while done.iter().zip(steps.iter()).any(|(&d, s)| d < s.ids.len()) {
+        let mut round = Vec::new(); // (b, this round's end)
+        for (b, step) in steps.iter().enumerate() {
+            let start = done[b];
+            if start == step.ids.len() {
+                continue;
+            }
+            let mut end = start + share;
+            if start == 0 {
+                if let Some(mask) = step.mask {
+                    end = end.max(mask.iter().position(|&real| real).unwrap_or(0) + 1);
+                }
+            }
+            round.push((b, end.min(step.ids.len())));
+        }
+        let wanted: Vec<bool> = round
+            .iter()
+            .map(|&(b, end)| end == steps[b].ids.len())
+            .collect();
+        let mut sub: Vec<SequenceStep<'_>> = Vec::with_capacity(round.len());
+        let mut round_iter = round.iter().peekable();
+        for (b, step) in steps.iter_mut().enumerate() {
+            if let Some(&(_, end)) = round_iter.next_if(|(index, _)| *index == b) {
+                let rows = done[b]..end;
+                sub.push(SequenceStep {
+                    ids: &step.ids[rows.clone()],
+                    mask: step.mask.map(|mask| &mask[rows]),
+                    cache: &mut *step.cache,
+                });
+            }
+        }
+        let out = model.forward_steps_wanting(&mut sub, &wanted)?; // [finished, vocab]
+        let finished = round.iter().zip(&wanted).filter(|(_, &w)| w);
+        for ((&(b, _), _), row) in finished.zip(out.rows()) {
+            logits.row_mut(b).assign(&row);
+        }
+        for &(b, end) in &round {
+            done[b] = end;
+        }
+    }
+    Ok(logits)
 }
 
 /// Pad sequences on the left to the longest: ids `[B, T]` and mask `[B, T]`

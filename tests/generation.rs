@@ -382,6 +382,98 @@ fn a_batch_of_every_size_generates_what_each_prompt_generates_alone() {
     }
 }
 
+/// Prompts of 20 to 88 tokens, `n` of them, not in order of length (a
+/// chunk where one ends and the one before it goes on).
+fn long_prompts(n: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|b| {
+            (0..20 + 17 * (b * 3 % n))
+                .map(|t| ((b * 7919 + t * 104_729 + 13) % 50_000) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_prompt_run_in_chunks_generates_what_one_pass_generates() {
+    let (model, tokenizer) = model();
+    let prompts = long_prompts(5);
+    for do_sample in [false, true] {
+        // (Sampling from the top 40: a draw from all 50257 tokens can land
+        // within a rounding of the border between two of them.)
+        let one_pass = GenerateOptions {
+            max_new_tokens: 8,
+            do_sample,
+            temperature: 1.2,
+            top_k: Some(40),
+            seed: 5,
+            stop_at_end_of_text: false,
+            prefill_chunk: None,
+            ..GenerateOptions::default()
+        };
+        let expected = alone(&model, &tokenizer, &prompts, &one_pass);
+        let expected_ids: Vec<Vec<u32>> = expected.iter().map(|(ids, _)| ids.clone()).collect();
+        // 1 token at a time; chunks that end inside a prompt and between
+        // prompts (a batch's share of 7 is one row per prompt).
+        for chunk in [1, 7, 30, 256] {
+            let options = GenerateOptions {
+                prefill_chunk: Some(chunk),
+                ..one_pass.clone()
+            };
+            let label = format!("chunk {chunk}, do_sample {do_sample}");
+            assert_eq!(
+                alone(&model, &tokenizer, &prompts, &options),
+                expected,
+                "{label}"
+            );
+            let together = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
+            assert_eq!(together, expected_ids, "batch, {label}");
+        }
+    }
+}
+
+#[test]
+fn a_padded_prompt_runs_in_chunks_from_its_first_real_token() {
+    let (model, tokenizer) = model();
+    let prompts = prompts(6); // 1 to 6 tokens: up to 5 of padding on the left
+    let options = GenerateOptions {
+        max_new_tokens: 5,
+        do_sample: true,
+        top_k: Some(40),
+        seed: 9,
+        stop_at_end_of_text: false,
+        ..GenerateOptions::default()
+    };
+    let expected = generate_batch(&model, &tokenizer, &prompts, &options).unwrap();
+    let (ids, mask) = left_pad(&prompts, 50256);
+    for chunk in [1, 2, 6] {
+        let options = GenerateOptions {
+            prefill_chunk: Some(chunk),
+            ..options.clone()
+        };
+        let mut padded =
+            BatchGeneration::padded(&model, &tokenizer, &ids, &mask, options.clone()).unwrap();
+        for step in &mut padded {
+            step.unwrap();
+        }
+        let row = ids.row(0).to_vec();
+        let alone = Generation::padded(
+            &model,
+            &tokenizer,
+            &row,
+            Some(mask.row(0).as_slice().unwrap()),
+            options,
+        )
+        .unwrap()
+        .map(|step| step.unwrap().id)
+        .collect::<Vec<u32>>();
+        assert_eq!(alone, expected[0], "alone, chunk {chunk}");
+        for (b, ids) in expected.iter().enumerate() {
+            assert_eq!(padded.generated(b), &ids[..], "sequence {b}, chunk {chunk}");
+        }
+    }
+}
+
 #[test]
 fn a_stopped_sequence_leaves_the_batch_and_the_others_go_on() {
     let (model, tokenizer) = model();
@@ -572,6 +664,13 @@ fn meaningless_options_are_refused_with_a_reason() {
                 ..Default::default()
             },
             "temperature",
+        ),
+        (
+            GenerateOptions {
+                prefill_chunk: Some(0),
+                ..Default::default()
+            },
+            "prefill_chunk",
         ),
         (
             GenerateOptions {

@@ -111,6 +111,9 @@ pub struct SequenceStep<'a> {
 struct Sequence<'c> {
     rows: Range<usize>,
     cache: &'c mut KvCache,
+    /// Whether the step wants this sequence's logits ([`Logits::Last`] only:
+    /// a chunk of a prompt before its last only fills the cache).
+    logits: bool,
 }
 
 impl Gpt2 {
@@ -307,6 +310,7 @@ impl Gpt2 {
         let mut sequences = [Sequence {
             rows: 0..ids.len(),
             cache,
+            logits: true,
         }];
         Ok(self.forward_rows(x, &mut sequences, logits, trace, interventions))
     }
@@ -341,6 +345,36 @@ impl Gpt2 {
         logits: Logits,
         interventions: &Interventions,
     ) -> Result<Array2<f32>> {
+        self.steps(steps, logits, None, interventions)
+    }
+
+    /// [`Gpt2::forward_steps`] with [`Logits::Last`] of the sequences whose
+    /// entry in `wanted` is true only (`[count, vocab]`, in order): the others
+    /// only fill their caches, their last rows leave the last block with the
+    /// rest. The steps of a prompt run in chunks ([`crate::generate`]).
+    pub(crate) fn forward_steps_wanting(
+        &self,
+        steps: &mut [SequenceStep<'_>],
+        wanted: &[bool],
+    ) -> Result<Array2<f32>> {
+        ensure!(
+            wanted.len() == steps.len(),
+            "{} sequences, {} wanted flags",
+            steps.len(),
+            wanted.len()
+        );
+        self.steps(steps, Logits::Last, Some(wanted), &Interventions::none())
+    }
+
+    /// The body of [`Gpt2::forward_steps_intervened`] and
+    /// [`Gpt2::forward_steps_wanting`] (`wanted`: `None` = every sequence).
+    fn steps(
+        &self,
+        steps: &mut [SequenceStep<'_>],
+        logits: Logits,
+        wanted: Option<&[bool]>,
+        interventions: &Interventions,
+    ) -> Result<Array2<f32>> {
         ensure!(!steps.is_empty(), "no sequences to run");
         interventions.check(&self.config)?;
         for (b, step) in steps.iter().enumerate() {
@@ -351,7 +385,7 @@ impl Gpt2 {
         let mut x = Array2::zeros((total, self.config.n_embd)); // [ΣT, C]
         let mut sequences = Vec::with_capacity(steps.len());
         let mut row = 0;
-        for step in steps.iter_mut() {
+        for (b, step) in steps.iter_mut().enumerate() {
             let rows = row..row + step.ids.len();
             self.embed_into(
                 step.ids,
@@ -363,6 +397,7 @@ impl Gpt2 {
             sequences.push(Sequence {
                 rows,
                 cache: &mut *step.cache,
+                logits: wanted.is_none_or(|wanted| wanted[b]),
             });
         }
         Ok(self.forward_rows(x, &mut sequences, logits, &mut Trace::off(), interventions))
@@ -403,7 +438,11 @@ impl Gpt2 {
         let mut hooks = Hooks::new(edits, new_rows, self.config.n_head);
         hooks.apply(None, "embed", &mut x);
         trace.record("embed", x.view());
-        let last_rows: Vec<usize> = sequences.iter().map(|s| s.rows.end - 1).collect();
+        let last_rows: Vec<usize> = sequences
+            .iter()
+            .filter(|s| s.logits)
+            .map(|s| s.rows.end - 1)
+            .collect();
         for (i, block) in self.h.iter().enumerate() {
             // Only the rows whose logits are wanted need to leave the last
             // block: there, every row still gives the cache its key and value,
@@ -512,13 +551,23 @@ impl Gpt2 {
             let rows = s![seq.rows.clone(), ..];
             seq.cache.append(i, k.slice(rows), v.slice(rows));
         }
-        // The queries that attend: every row, or the kept one of each sequence.
+        // The queries that attend: every row, or the kept one of each sequence
+        // whose logits are wanted (none of the others').
         let kept;
         let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
             Some(rows) => {
                 hooks.keep(rows);
                 kept = q.select(Axis(0), rows);
-                (kept.view(), (0..rows.len()).map(|r| r..r + 1).collect())
+                let mut next = 0;
+                let query_rows = sequences
+                    .iter()
+                    .map(|seq| {
+                        let r = next;
+                        next += usize::from(seq.logits);
+                        r..next
+                    })
+                    .collect();
+                (kept.view(), query_rows)
             }
             None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
         };
@@ -578,6 +627,9 @@ impl Gpt2 {
             .par_iter()
             .zip(query_rows)
             .map(|(seq, rows)| {
+                if rows.is_empty() {
+                    return (Array2::zeros((0, q.ncols())), None);
+                }
                 let q = q.slice(s![rows.clone(), ..]);
                 let mask = seq.cache.key_mask();
                 match seq.cache.stored(i) {
@@ -630,7 +682,12 @@ impl Gpt2 {
     }
 
     /// Reject a step the model cannot run, with a message that says why.
-    fn check_step(&self, ids: &[u32], mask: Option<&[bool]>, cache: &KvCache) -> Result<()> {
+    pub(crate) fn check_step(
+        &self,
+        ids: &[u32],
+        mask: Option<&[bool]>,
+        cache: &KvCache,
+    ) -> Result<()> {
         let cfg = &self.config;
         ensure!(!ids.is_empty(), "no tokens to run: the prompt is empty");
         if let Some((pos, &id)) = ids
@@ -728,6 +785,7 @@ impl Gpt2 {
             .map(|(row, cache)| Sequence {
                 rows: row * t..(row + 1) * t,
                 cache,
+                logits: true,
             })
             .collect();
         let none = Interventions::none();
