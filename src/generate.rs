@@ -869,45 +869,38 @@ fn prefill_in_chunks(
         _ => return model.forward_steps(steps, Logits::Last),
     };
     let share = (chunk / steps.len()).max(1);
+    let lens: Vec<usize> = steps.iter().map(|s| s.ids.len()).collect();
     let mut logits = Array2::zeros((steps.len(), model.config.vocab_size));
     let mut done = vec![0; steps.len()]; // rows of each prompt run so far
-    while done.iter().zip(steps.iter()).any(|(&d, s)| d < s.ids.len()) {
+    while done != lens {
         let mut round = Vec::new(); // (b, this round's end)
-        for (b, step) in steps.iter().enumerate() {
-            let start = done[b];
-            if start == step.ids.len() {
+        let mut wanted = Vec::new(); // whether that end is the prompt's
+        let mut sub = Vec::new();
+        for (b, step) in steps.iter_mut().enumerate() {
+            let (start, len) = (done[b], lens[b]);
+            if start == len {
                 continue;
             }
-            let mut end = start + share;
-            if start == 0 {
-                if let Some(mask) = step.mask {
-                    end = end.max(mask.iter().position(|&real| real).unwrap_or(0) + 1);
-                }
-            }
-            round.push((b, end.min(step.ids.len())));
-        }
-        let wanted: Vec<bool> = round
-            .iter()
-            .map(|&(b, end)| end == steps[b].ids.len())
-            .collect();
-        let mut sub: Vec<SequenceStep<'_>> = Vec::with_capacity(round.len());
-        let mut round_iter = round.iter().peekable();
-        for (b, step) in steps.iter_mut().enumerate() {
-            if let Some(&(_, end)) = round_iter.next_if(|(index, _)| *index == b) {
-                let rows = done[b]..end;
-                sub.push(SequenceStep {
-                    ids: &step.ids[rows.clone()],
-                    mask: step.mask.map(|mask| &mask[rows]),
-                    cache: &mut *step.cache,
-                });
-            }
+            let first_real = match (start, step.mask) {
+                (0, Some(mask)) => mask.iter().position(|&real| real).unwrap_or(0) + 1,
+                _ => 0,
+            };
+            let end = (start + share).max(first_real).min(len);
+            round.push((b, end));
+            wanted.push(end == len);
+            let (ids, mask) = (step.ids, step.mask);
+            sub.push(SequenceStep {
+                ids: &ids[start..end],
+                mask: mask.map(|mask| &mask[start..end]),
+                cache: &mut *step.cache,
+            });
         }
         let out = model.forward_steps_wanting(&mut sub, &wanted)?; // [finished, vocab]
-        let finished = round.iter().zip(&wanted).filter(|(_, &w)| w);
-        for ((&(b, _), _), row) in finished.zip(out.rows()) {
+        let finished = round.iter().filter(|&&(b, end)| end == lens[b]);
+        for (&(b, _), row) in finished.zip(out.rows()) {
             logits.row_mut(b).assign(&row);
         }
-        for &(b, end) in &round {
+        for (b, end) in round {
             done[b] = end;
         }
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::{assert_close, golden_dir, MODEL};
 use gpt2_ndarray::precision::{
     compare_logits, forward_with_cache, greedy_agreement, greedy_agreement_with_cache,
-    greedy_continuation,
+    greedy_continuation, LogitAgreement,
 };
 use gpt2_ndarray::{reference, Dtype, Gpt2, KvCache, LoadOptions, Logits, Trace};
 use serde_json::Value;
@@ -307,14 +307,8 @@ fn the_golden_model_stays_within_its_published_error_budget() {
             "{d}: max |Δ| {:e}, top-1 {}/{}, greedy {same}/256, perplexity {ppl}",
             a.max_abs_diff, a.top1_agree, a.positions
         );
-        assert!(
-            (a.max_abs_diff - budget.max_abs_diff).abs() <= DIFF_RTOL * budget.max_abs_diff,
-            "{d}: max |Δ logit| {:e}, published {:e}",
-            a.max_abs_diff,
-            budget.max_abs_diff
-        );
-        assert_eq!(a.top1_agree, budget.top1_agree, "{d}: top-1 agreement");
-        assert_eq!(same, budget.greedy_agree, "{d}: greedy agreement");
+        let published = (budget.max_abs_diff, budget.top1_agree, budget.greedy_agree);
+        assert_agreement(&d.to_string(), &a, same, published);
         assert!(
             (ppl - budget.perplexity).abs() <= PPL_RTOL * budget.perplexity,
             "{d}: perplexity {ppl}, published {}",
@@ -363,18 +357,26 @@ fn a_half_cache_stays_within_its_published_error_budget() {
             "{d} cache: max |Δ| {:e}, top-1 {}/{}, greedy {same}/256",
             a.max_abs_diff, a.top1_agree, a.positions
         );
-        assert!(
-            (a.max_abs_diff - budget.max_abs_diff).abs() <= DIFF_RTOL * budget.max_abs_diff,
-            "{d} cache: max |Δ logit| {:e}, published {:e}",
-            a.max_abs_diff,
-            budget.max_abs_diff
-        );
-        assert_eq!(
-            a.top1_agree, budget.top1_agree,
-            "{d} cache: top-1 agreement"
-        );
-        assert_eq!(same, budget.greedy_agree, "{d} cache: greedy agreement");
+        let published = (budget.max_abs_diff, budget.top1_agree, budget.greedy_agree);
+        assert_agreement(&format!("{d} cache"), &a, same, published);
     }
+}
+
+/// The figures both budgets publish, `(max |Δ logit|, top-1 agreement,
+/// greedy agreement)`: the first within [`DIFF_RTOL`], the others exactly.
+fn assert_agreement(
+    label: &str,
+    a: &LogitAgreement,
+    greedy: usize,
+    (max_abs_diff, top1_agree, greedy_agree): (f32, usize, usize),
+) {
+    assert!(
+        (a.max_abs_diff - max_abs_diff).abs() <= DIFF_RTOL * max_abs_diff,
+        "{label}: max |Δ logit| {:e}, published {max_abs_diff:e}",
+        a.max_abs_diff
+    );
+    assert_eq!(a.top1_agree, top1_agree, "{label}: top-1 agreement");
+    assert_eq!(greedy, greedy_agree, "{label}: greedy agreement");
 }
 
 /// A half cache keeps each key and value rounded to nearest (the first

@@ -27,7 +27,7 @@
 //! another order.
 
 use half::{bf16, f16};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use super::simd::simd_targets;
 #[cfg(target_arch = "x86_64")]
@@ -126,17 +126,25 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 }
 
 /// `x` widened to `f32` (a new row-major matrix), a row at a time with
-/// [`widen`].
+/// [`widen_lane`].
 pub fn widened<E: Element>(x: ArrayView2<E>) -> Array2<f32> {
     let mut out = Array2::zeros(x.raw_dim());
     for (row, mut wide) in x.rows().into_iter().zip(out.rows_mut()) {
-        let wide = wide.as_slice_mut().expect("a fresh matrix is row-major");
-        match row.as_slice() {
-            Some(row) => widen(row, wide),
-            None => wide.iter_mut().zip(row).for_each(|(w, x)| *w = x.to_f32()),
-        }
+        widen_lane(
+            row,
+            wide.as_slice_mut().expect("a fresh matrix is row-major"),
+        );
     }
     out
+}
+
+/// [`widen`] for a lane of any stride: in place of `widen`'s vector
+/// conversion, one value at a time when the lane is not contiguous.
+pub fn widen_lane<E: Element>(lane: ArrayView1<E>, dst: &mut [f32]) {
+    match lane.as_slice() {
+        Some(lane) => widen(lane, dst),
+        None => dst.iter_mut().zip(lane).for_each(|(w, x)| *w = x.to_f32()),
+    }
 }
 
 /// `dst[i] = src[i]` widened to `f32` (the slices have one length); `f16`

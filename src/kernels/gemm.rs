@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::convert::{widen, Element};
+use super::convert::{widen, widen_lane, Element};
 use super::fastmath::dot;
 use super::simd::{self, prefetch_l2, simd_targets, Simd};
 use crate::weights::Stored;
@@ -278,21 +278,17 @@ fn gemm_panels<E: Element>(
             (b_panel.view(), &mut panel[..k * (j1 - j0)])
         };
         let lane_len = lanes.ncols();
-        let widen_lane = |(lane, out): (ndarray::ArrayView1<E>, &mut [f32])| match lane.as_slice() {
-            Some(lane) => widen(lane, out),
-            None => out.iter_mut().zip(lane).for_each(|(o, v)| *o = v.to_f32()),
-        };
         match threads {
             Threads::Pool => lanes
                 .axis_iter(Axis(0))
                 .into_par_iter()
                 .zip(stored.par_chunks_exact_mut(lane_len))
                 .with_min_len(16)
-                .for_each(widen_lane),
+                .for_each(|(lane, out)| widen_lane(lane, out)),
             Threads::Caller => lanes
                 .outer_iter()
                 .zip(stored.chunks_exact_mut(lane_len))
-                .for_each(widen_lane),
+                .for_each(|(lane, out)| widen_lane(lane, out)),
         }
         let stored = &panel[..k * (j1 - j0)];
         let b32 = if column_major {
@@ -506,10 +502,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
         if rest > 0 {
             let mut padded = vec![0.0f32; k * C];
             for (l, row) in padded.chunks_exact_mut(C).enumerate() {
-                let columns = &w[l * n + j0 + strips * C..][..rest];
-                row.iter_mut()
-                    .zip(columns)
-                    .for_each(|(p, v)| *p = v.to_f32());
+                widen(&w[l * n + j0 + strips * C..][..rest], &mut row[..rest]);
             }
             kernel(&panels, k, 0..k, &padded, C, 1, &mut rest_tiles);
         }
