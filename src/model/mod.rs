@@ -36,6 +36,14 @@ use cache::Stored;
 pub use load::{LoadOptions, WeightsFormat};
 pub use parameters::{Parameter, ParameterMut, BLOCK_PARAMETERS};
 
+/// Passes of at least this many rows run on the calling thread, shorter ones
+/// on a thread of the pool (see [`Gpt2::forward_rows`]). From the calling
+/// thread, a prompt of 256 to 1024 tokens took as long as on a pool thread
+/// (best of 3 to 7, alternated three times, AMD EPYC Zen 4, 2 threads: f32
+/// T=1024 983–1001 ms from the pool, 986–1168 from the caller, T=256 243–250
+/// and 242–253; f16 T=1024 1011–1081 and 993–1078).
+const CALLER_ROWS: usize = 256;
+
 /// GPT-2 with a language-model head (`GPT2LMHeadModel`). Field names are the
 /// state-dict keys: `h[3].attn.c_attn.weight` is `h.3.attn.c_attn.weight`.
 #[derive(Clone, Debug)]
@@ -418,11 +426,24 @@ impl Gpt2 {
         trace: &mut Trace,
         edits: &Interventions,
     ) -> Array2<f32> {
-        // The whole pass runs on one of the pool's threads: each parallel step
-        // inside it then shares its work with the pool's other threads
-        // directly, instead of queueing it from outside the pool and waiting
-        // to be woken when it is done (a hundred times per decoded token).
-        rayon::scope(|_| self.layers(x, sequences, logits, trace, edits))
+        // A short pass (a decoding step) runs on one of the pool's threads:
+        // each parallel step inside it then shares its work with the pool's
+        // other threads directly, instead of queueing it from outside the
+        // pool and waiting to be woken when it is done (a hundred times per
+        // decoded token). A long one runs on the calling thread, its parallel
+        // steps queued to the pool (a few microseconds each, against
+        // milliseconds of work): its activations, megabytes, are then
+        // allocated and freed by the caller's thread, whose next long prompt
+        // reuses them. Run on whichever pool thread picked it up, two
+        // successive prompts could land on different threads, each with its
+        // own `malloc` arena, and the first's freed activations stayed
+        // resident beside the second's (the memory probe of `bench` read
+        // 333 or 361 MB from run to run, f16 weights and cache).
+        if x.nrows() >= CALLER_ROWS {
+            self.layers(x, sequences, logits, trace, edits)
+        } else {
+            rayon::scope(|_| self.layers(x, sequences, logits, trace, edits))
+        }
     }
 
     /// The body of [`Gpt2::forward_rows`]: blocks, final layer norm, head.
@@ -491,6 +512,12 @@ impl Gpt2 {
     ///
     /// With `keep`, only those rows leave the block (`[T, C]` → `[len, C]`):
     /// all rows still add their keys and values to the cache.
+    ///
+    /// Each branch takes its input by value and drops it, and `q | k | v`,
+    /// as soon as its first product has used them, so a long prompt holds
+    /// `x` and at most two of a branch's intermediates at a time: the heap
+    /// of `bench`'s memory probe (an 896-token prompt, GPT-2 small, f16
+    /// weights and cache) peaks at 71.2 MiB instead of 76.5.
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -505,7 +532,7 @@ impl Gpt2 {
         let mut a = layer_norm(x.view(), &h.ln_1); // [T, C]
         hooks.apply(Some(i), "ln_1", &mut a);
         trace.record_in(i, "ln_1", a.view());
-        let attn = self.attention(i, &h.attn, a.view(), sequences, keep, trace, hooks);
+        let attn = self.attention(i, &h.attn, a, sequences, keep, trace, hooks);
         let mut x = match keep {
             Some(rows) => x.select(Axis(0), rows),
             None => x,
@@ -517,7 +544,7 @@ impl Gpt2 {
         let mut m = layer_norm(x.view(), &h.ln_2); // [T, C]
         hooks.apply(Some(i), "ln_2", &mut m);
         trace.record_in(i, "ln_2", m.view());
-        residual(&mut x, &self.mlp(i, &h.mlp, m.view(), trace, hooks));
+        residual(&mut x, &self.mlp(i, &h.mlp, m, trace, hooks));
         hooks.apply(Some(i), "", &mut x);
         trace.record_in(i, "", x.view());
         x
@@ -532,14 +559,42 @@ impl Gpt2 {
         &self,
         i: usize,
         attn: &Attention,
-        x: ArrayView2<f32>,
+        x: Array2<f32>,
+        sequences: &mut [Sequence<'_>],
+        keep: Option<&[usize]>,
+        trace: &mut Trace,
+        hooks: &mut Hooks<'_>,
+    ) -> Array2<f32> {
+        let mut merged = self.project_and_attend(i, attn, x, sequences, keep, trace, hooks); // [T, C]
+        hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
+        trace.record_in(i, "attn.merged", merged.view());
+        if trace.asks_for_in(i, "attn.z") {
+            let z = split_heads(merged.view(), self.config.n_head); // [n_head, T, d]
+            trace.record_in(i, "attn.z", z.view());
+        }
+        let mut out = conv1d(merged.view(), &attn.c_proj); // [T, C]
+        hooks.apply(Some(i), "attn.c_proj", &mut out);
+        trace.record_in(i, "attn.c_proj", out.view());
+        out
+    }
+
+    /// The first half of [`Gpt2::attention`]: `q | k | v` from `x`, the cache
+    /// extended, every head's output merged `[T, C]` (`q | k | v`, `[T, 3C]`,
+    /// dropped on return, before the output projection).
+    #[allow(clippy::too_many_arguments)]
+    fn project_and_attend(
+        &self,
+        i: usize,
+        attn: &Attention,
+        x: Array2<f32>,
         sequences: &mut [Sequence<'_>],
         keep: Option<&[usize]>,
         trace: &mut Trace,
         hooks: &mut Hooks<'_>,
     ) -> Array2<f32> {
         let c = self.config.n_embd;
-        let mut qkv = conv1d(x, &attn.c_attn); // [T, 3C]
+        let mut qkv = conv1d(x.view(), &attn.c_attn); // [T, 3C]
+        drop(x);
         hooks.apply(Some(i), "attn.c_attn", &mut qkv);
         trace.record_in(i, "attn.c_attn", qkv.view());
         let (q, k, v) = (
@@ -571,17 +626,7 @@ impl Gpt2 {
             }
             None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
         };
-        let mut merged = self.attend(i, q, &query_rows, sequences, trace); // [T, C]
-        hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
-        trace.record_in(i, "attn.merged", merged.view());
-        if trace.asks_for_in(i, "attn.z") {
-            let z = split_heads(merged.view(), self.config.n_head); // [n_head, T, d]
-            trace.record_in(i, "attn.z", z.view());
-        }
-        let mut out = conv1d(merged.view(), &attn.c_proj); // [T, C]
-        hooks.apply(Some(i), "attn.c_proj", &mut out);
-        trace.record_in(i, "attn.c_proj", out.view());
-        out
+        self.attend(i, q, &query_rows, sequences, trace)
     }
 
     /// Every head of block `i`: each sequence's queries (its rows
@@ -655,11 +700,12 @@ impl Gpt2 {
         &self,
         i: usize,
         mlp: &Mlp,
-        x: ArrayView2<f32>,
+        x: Array2<f32>,
         trace: &mut Trace,
         hooks: &Hooks<'_>,
     ) -> Array2<f32> {
-        let mut hidden = conv1d(x, &mlp.c_fc); // [T, n_inner]
+        let mut hidden = conv1d(x.view(), &mlp.c_fc); // [T, n_inner]
+        drop(x);
         hooks.apply(Some(i), "mlp.c_fc", &mut hidden);
         trace.record_in(i, "mlp.c_fc", hidden.view());
         self.config.activation.apply_inplace(hidden.view_mut());
