@@ -8,7 +8,7 @@ use crate::reference;
 
 use super::convert::{widen, widened, Element};
 use super::fastmath::{self, dot, exp_sum, max_lanes, scale_max};
-use super::gemm::{product, Output, Threads, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
+use super::gemm::{product, tree_steps, Output, Threads, TreeStep, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
 use super::simd::simd_targets;
 
 /// One row of scores: the first `seen` scores are scaled (then
@@ -229,7 +229,8 @@ fn attend_block(
 /// Each number is computed by the same operations in the same order as on
 /// the general path (whose products are the matrix–vector kernels:
 /// `dot` for `q·kᵀ`; `e·v` in blocks of `GEMV_ROW_BLOCK` keys, each summed
-/// from zero one key after the other, the blocks then added in order), so
+/// from zero one key after the other, the blocks' sums then added in the
+/// tree of `gemm::tree_sum`), so
 /// the result is bit for bit the same, whatever the grouping, the thread
 /// count or the SIMD level. Keys and values in half precision are widened a
 /// row at a time as they are read, into the same `f32`s.
@@ -363,27 +364,44 @@ simd_targets! {
                 *inv = 1.0 / exp_sum(row, max);
             }
         }
-        // e·v: blocks of keys, each summed from zero key by key, then added
-        // in order; every row of `v` read in one stretch.
-        let mut partial = vec![0.0f32; width];
-        for j0 in (0..tk).step_by(GEMV_ROW_BLOCK) {
-            partial.fill(0.0);
-            for j in j0..(j0 + GEMV_ROW_BLOCK).min(tk) {
-                prefetch_row(v, (j + KV_PREFETCH_ROWS) * ld, width);
-                let v_row = as_f32(&v[j * ld..j * ld + width], &mut wide);
-                for (h, (acc, v_h)) in partial.chunks_exact_mut(d).zip(v_row.chunks_exact(d)).enumerate() {
-                    let x = e[h * tk + j];
-                    for (a, &w) in acc.iter_mut().zip(v_h) {
-                        *a += x * w;
+        // e·v: blocks of keys, each summed from zero key by key, the blocks'
+        // sums added in the matrix–vector kernel's tree (on a stack of
+        // sums); every row of `v` read in one stretch.
+        let blocks = tk.div_ceil(GEMV_ROW_BLOCK);
+        let mut steps = Vec::with_capacity(2 * blocks);
+        tree_steps(blocks, &mut steps);
+        let depth = (usize::BITS - (blocks - 1).leading_zeros()) as usize + 1;
+        let mut stack = vec![0.0f32; depth * width];
+        let (mut top, mut j0) = (0, 0);
+        for step in steps {
+            match step {
+                TreeStep::Block => {
+                    let partial = &mut stack[top * width..(top + 1) * width];
+                    for j in j0..(j0 + GEMV_ROW_BLOCK).min(tk) {
+                        prefetch_row(v, (j + KV_PREFETCH_ROWS) * ld, width);
+                        let v_row = as_f32(&v[j * ld..j * ld + width], &mut wide);
+                        for (h, (acc, v_h)) in partial.chunks_exact_mut(d).zip(v_row.chunks_exact(d)).enumerate() {
+                            let x = e[h * tk + j];
+                            for (a, &w) in acc.iter_mut().zip(v_h) {
+                                *a += x * w;
+                            }
+                        }
                     }
+                    j0 += GEMV_ROW_BLOCK;
+                    top += 1;
+                }
+                TreeStep::Add => {
+                    top -= 1;
+                    let (below, above) = stack.split_at_mut(top * width);
+                    let sum = &mut below[(top - 1) * width..];
+                    sum.iter_mut().zip(&mut above[..width]).for_each(|(s, p)| {
+                        *s += *p;
+                        *p = 0.0;
+                    });
                 }
             }
-            if j0 == 0 {
-                out.copy_from_slice(&partial);
-            } else {
-                out.iter_mut().zip(&partial).for_each(|(o, &p)| *o += p);
-            }
         }
+        out.copy_from_slice(&stack[..width]);
         for (out_h, &inv) in out.chunks_exact_mut(d).zip(inv.iter()) {
             out_h.iter_mut().for_each(|o| *o *= inv);
         }
