@@ -1,7 +1,8 @@
 //! Interventions: activation patching and head ablation equal PyTorch's forward
 //! hooks (golden/patch, written by python_ref/patch.py), cached generation with
 //! an intervention equals its recomputation, a batch equals one-by-one, and
-//! with no intervention the forward pass is the plain one, bit for bit.
+//! with no intervention the forward pass is the plain one, bit for bit. (An
+//! edit function also tells which thread runs a pass: the last test.)
 
 mod common;
 
@@ -559,4 +560,56 @@ fn an_edit_of_keys_and_values_is_what_the_cache_keeps() {
     let plain = model.forward(&ids).expect("plain");
     assert_eq!(logits.row(1), plain.row(1));
     assert_ne!(logits.row(4), plain.row(4));
+}
+
+/// A pass of 256 rows or more (a long prompt, a batch's stacked prompts) runs
+/// on the thread that called it, its parallel steps sent to the pool; a
+/// shorter one (a decoding step) runs on a thread of the pool. An edit at
+/// `embed` is called by the pass's own thread, so it tells which. (Why it
+/// matters: a long prompt's activations are then allocated and freed by the
+/// caller's thread, whose next long prompt reuses them, instead of staying
+/// resident in the `malloc` arena of whichever pool thread ran it.)
+#[test]
+fn a_long_pass_runs_on_the_calling_thread_a_short_one_on_the_pool() {
+    use std::sync::{Arc, Mutex};
+    let model = Gpt2::from_dir(golden_dir().join("model")).expect("model");
+    let n = model.config.n_positions;
+    assert!(
+        n < 256,
+        "a single prompt of the golden model is a short pass"
+    );
+    let me = std::thread::current().id();
+    // (sequences, tokens each, the pass's rows at least 256)
+    for (sequences, len) in [(1, 1), (1, n), (2, n), (3, 90), (8, 32)] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let edits = Interventions::from(Intervention::edit("embed", move |_, _| {
+            record.lock().unwrap().push(std::thread::current().id())
+        }));
+        let ids: Vec<u32> = (0..len as u32).map(|i| i * 37 % 50_000).collect();
+        let mut caches: Vec<KvCache> = (0..sequences)
+            .map(|_| KvCache::new(model.config.n_layer))
+            .collect();
+        let mut steps: Vec<SequenceStep<'_>> = caches
+            .iter_mut()
+            .map(|cache| SequenceStep {
+                ids: &ids,
+                mask: None,
+                cache,
+            })
+            .collect();
+        model
+            .forward_steps_intervened(&mut steps, Logits::Last, &edits)
+            .expect("pass");
+        let seen = seen.lock().unwrap();
+        let rows = sequences * len;
+        assert_eq!(seen.len(), rows, "one call per row");
+        let on_caller = rows >= 256;
+        assert!(
+            seen.iter().all(|&t| (t == me) == on_caller),
+            "{sequences} × {len} rows: expected the pass on {}, it ran on {:?} (the caller is {me:?})",
+            if on_caller { "the calling thread" } else { "a pool thread" },
+            seen[0]
+        );
+    }
 }
