@@ -129,6 +129,16 @@ def decode_fraction(r: dict, t: dict | None) -> tuple[float, float]:
     return d["tokens_per_second"] * bytes_per_token / (best_gbs * 1e9), best_gbs
 
 
+def bytes_read(r: dict) -> str:
+    """What a decoded token reads, as the fraction counts it (runs before the
+    cache was counted have no `decode_bytes_per_token`: the weights only)."""
+    if "decode_bytes_per_token" not in r:
+        return " (the bytes read: the weights)"
+    cache = r["decode_bytes_per_token"] - r["weight_bytes"]
+    return (f" (the bytes read per token: the weights, {r['weight_bytes'] / 1e6:.0f} MB, and the"
+            f" key/value cache each step attends over, {cache / 1e6:.1f} MB on average)")
+
+
 # GPT-2 small, the shape both benches run.
 N_LAYER, N_EMBD, N_INNER, N_VOCAB = 12, 768, 3072, 50257
 
@@ -539,7 +549,7 @@ def write_markdown(path: Path, rust: dict, torch: dict, checks: list[Target], pn
             f" {r['machine']['matmul_gflops']:.1f} GFLOP/s (this crate's GEMM) /"
             f" {t['machine']['matmul_gflops']:.1f} GFLOP/s (torch)."
             " Rust decoding: {:.2f} of the bandwidth limit at {:.1f} GB/s, the better of the two"
-            " readings.".format(*decode_fraction(r, t)),
+            " readings{}.".format(*decode_fraction(r, t), bytes_read(r)),
             "",
             markdown_table(rows),
         ]
@@ -738,7 +748,8 @@ def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
              "The same random GPT-2 small, converted once (`Gpt2::save_safetensors`) and loaded as"
              " stored; every dtype measured back to back at each thread count by `examples/bench.rs`."
              " The fraction of read bandwidth counts the bytes a decoding step actually reads (the"
-             " matrices in their dtype). The rows \"alternated\" come from rounds that measure every"
+             " matrices in their dtype, and the `f32` key/value cache each step attends over: 5.9 MB"
+             " a token on average in the decode case, counted since 2026-12-04 14:30 UTC). The rows \"alternated\" come from rounds that measure every"
              " dtype one after the other (decoding, with the read bandwidth just before and after it,"
              " then prefill; `bench --case alternated`, five rounds a run), so that a host slowing"
              " down for a while slows the dtypes of one round alike: their medians are the ratios"
