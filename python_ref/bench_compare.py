@@ -749,7 +749,7 @@ def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
              " stored; every dtype measured back to back at each thread count by `examples/bench.rs`."
              " The fraction of read bandwidth counts the bytes a decoding step actually reads (the"
              " matrices in their dtype, and the `f32` key/value cache each step attends over: 5.9 MB"
-             " a token on average in the decode case, counted since 2026-12-04 14:30 UTC). The rows \"alternated\" come from rounds that measure every"
+             " a token on average in the decode case). The rows \"alternated\" come from rounds that measure every"
              " dtype one after the other (decoding, with the read bandwidth just before and after it,"
              " then prefill; `bench --case alternated`, five rounds a run), so that a host slowing"
              " down for a while slows the dtypes of one round alike: their medians are the ratios"

@@ -40,7 +40,7 @@ pub use parameters::{Parameter, ParameterMut, BLOCK_PARAMETERS};
 /// on a thread of the pool (see [`Gpt2::forward_rows`]). From the calling
 /// thread, a prompt of 256 to 1024 tokens took as long as on a pool thread
 /// (best of 3 to 7, alternated three times, AMD EPYC Zen 4, 2 threads: f32
-/// T=1024 983–1001 ms from the pool, 986–1168 from the caller, T=256 243–250
+/// T=1024 983–999 ms from the pool, 986–1168 from the caller, T=256 243–250
 /// and 242–253; f16 T=1024 1011–1081 and 993–1078).
 const CALLER_ROWS: usize = 256;
 
