@@ -769,7 +769,7 @@ fn gemv_rows<E: Element>(
 }
 
 /// Where [`tree_sum`] splits `len > 1` blocks: the first `len / 2`, then the rest.
-pub(super) fn tree_split(len: usize) -> usize {
+fn tree_split(len: usize) -> usize {
     len / 2
 }
 
@@ -798,13 +798,14 @@ pub(super) fn tree_steps(len: usize, steps: &mut Vec<TreeStep>) {
     steps.push(TreeStep::Add);
 }
 
-/// The sum of `part(i0 + i, blocks[i])` over the blocks, added in a fixed
-/// tree: the front's sum plus the back's, each summed the same way, split by
-/// [`tree_split`]. The tree depends on the number of blocks only, so the
-/// bits do not depend on the thread count; with [`Threads::Pool`] the two
-/// halves run as two rayon tasks, and each addition is done by the task that
-/// finished last, on partial sums still in its caches, while the other
-/// threads go on streaming weights (the sums added one after the other at
+/// The sum of `part(i0 + i, blocks[i])` over the blocks (at least one),
+/// added in a fixed tree: the front's sum plus the back's, each summed the
+/// same way, split by [`tree_split`]. The tree depends on the number of
+/// blocks only, so the bits do not depend on the thread count; with
+/// [`Threads::Pool`] the two
+/// halves run as two rayon tasks (`join`), and each addition is done inside
+/// them, as soon as both of its halves are summed, while the other threads
+/// go on streaming weights (the sums added one after the other at
 /// the end, as before, left every thread but one idle meanwhile). A
 /// decoding step of f16 GPT-2 small (the median of 256–384 steps at 128
 /// cached positions; AMD EPYC Zen 4, 2 threads) was faster in 13 of 17
