@@ -565,7 +565,45 @@ impl Gpt2 {
         trace: &mut Trace,
         hooks: &mut Hooks<'_>,
     ) -> Array2<f32> {
-        let mut merged = self.project_and_attend(i, attn, x, sequences, keep, trace, hooks); // [T, C]
+        // `q | k | v` ([T, 3C]) lives in this scope only: dropped before the
+        // output projection, as `x` is once projected.
+        let mut merged = {
+            let c = self.config.n_embd;
+            let mut qkv = conv1d(x.view(), &attn.c_attn); // [T, 3C]
+            drop(x);
+            hooks.apply(Some(i), "attn.c_attn", &mut qkv);
+            trace.record_in(i, "attn.c_attn", qkv.view());
+            let (q, k, v) = (
+                qkv.slice(s![.., ..c]),
+                qkv.slice(s![.., c..2 * c]),
+                qkv.slice(s![.., 2 * c..]),
+            );
+            for seq in sequences.iter_mut() {
+                let rows = s![seq.rows.clone(), ..];
+                seq.cache.append(i, k.slice(rows), v.slice(rows));
+            }
+            // The queries that attend: every row, or the kept one of each sequence
+            // whose logits are wanted (none of the others').
+            let kept;
+            let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
+                Some(rows) => {
+                    hooks.keep(rows);
+                    kept = q.select(Axis(0), rows);
+                    let mut next = 0;
+                    let query_rows = sequences
+                        .iter()
+                        .map(|seq| {
+                            let r = next;
+                            next += usize::from(seq.logits);
+                            r..next
+                        })
+                        .collect();
+                    (kept.view(), query_rows)
+                }
+                None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
+            };
+            self.attend(i, q, &query_rows, sequences, trace) // [T, C]
+        };
         hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
         trace.record_in(i, "attn.merged", merged.view());
         if trace.asks_for_in(i, "attn.z") {
@@ -576,57 +614,6 @@ impl Gpt2 {
         hooks.apply(Some(i), "attn.c_proj", &mut out);
         trace.record_in(i, "attn.c_proj", out.view());
         out
-    }
-
-    /// The first half of [`Gpt2::attention`]: `q | k | v` from `x`, the cache
-    /// extended, every head's output merged `[T, C]` (`q | k | v`, `[T, 3C]`,
-    /// dropped on return, before the output projection).
-    #[allow(clippy::too_many_arguments)]
-    fn project_and_attend(
-        &self,
-        i: usize,
-        attn: &Attention,
-        x: Array2<f32>,
-        sequences: &mut [Sequence<'_>],
-        keep: Option<&[usize]>,
-        trace: &mut Trace,
-        hooks: &mut Hooks<'_>,
-    ) -> Array2<f32> {
-        let c = self.config.n_embd;
-        let mut qkv = conv1d(x.view(), &attn.c_attn); // [T, 3C]
-        drop(x);
-        hooks.apply(Some(i), "attn.c_attn", &mut qkv);
-        trace.record_in(i, "attn.c_attn", qkv.view());
-        let (q, k, v) = (
-            qkv.slice(s![.., ..c]),
-            qkv.slice(s![.., c..2 * c]),
-            qkv.slice(s![.., 2 * c..]),
-        );
-        for seq in sequences.iter_mut() {
-            let rows = s![seq.rows.clone(), ..];
-            seq.cache.append(i, k.slice(rows), v.slice(rows));
-        }
-        // The queries that attend: every row, or the kept one of each sequence
-        // whose logits are wanted (none of the others').
-        let kept;
-        let (q, query_rows): (ArrayView2<f32>, Vec<Range<usize>>) = match keep {
-            Some(rows) => {
-                hooks.keep(rows);
-                kept = q.select(Axis(0), rows);
-                let mut next = 0;
-                let query_rows = sequences
-                    .iter()
-                    .map(|seq| {
-                        let r = next;
-                        next += usize::from(seq.logits);
-                        r..next
-                    })
-                    .collect();
-                (kept.view(), query_rows)
-            }
-            None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
-        };
-        self.attend(i, q, &query_rows, sequences, trace)
     }
 
     /// Every head of block `i`: each sequence's queries (its rows
