@@ -96,7 +96,7 @@
 //! | (6) | [`reference::softmax`] | `softmax.rs`, `fastmath.rs` | a vectorisable `exp`, lane-wise max and sum, compiled for AVX-512, AVX2/FMA, AVX and portable/NEON and picked at run time (`simd.rs`) | `tests/kernels_vs_reference.rs`; `exp` and the lane sums in `tests/kernels.rs` |
 //! | (9) | [`reference::activation`] | `activation.rs` | the tanh GELU as `x·σ(2u)`: one vectorisable `exp` | `tests/kernels_vs_reference.rs` |
 //! | weights | — | [`weights::Matrix`] | `f32`, `f16` and `bf16` tensors used in place from a memory-mapped `model.safetensors` | `tests/model_golden.rs` (both formats), `tests/half_precision.rs` |
-//! | half weights | [`weights::Matrix::to_f32`] (the reference tier upcasts) | `convert.rs`, `half_avx512.rs`, `half_f16c.rs`, `gemm.rs` | widened to `f32` as the kernels load them (`vcvtph2ps` with AVX-512 or AVX2's F16C; portable exact conversion), per vector, per 16-row block, per GEMM panel | `tests/kernels.rs` (bits of the upcast product, every level), `tests/half_precision.rs` |
+//! | half weights | [`weights::Matrix::to_f32`] (the reference tier upcasts) | `convert.rs`, `half_avx512.rs`, `half_f16c.rs`, `gemm.rs` | widened to `f32` as the kernels load them (`vcvtph2ps` with AVX-512 or AVX2's F16C; portable exact conversion), per vector (the few-rows kernel too with AVX-512), per 16-row block (the few-rows kernel below AVX-512), per GEMM panel | `tests/kernels.rs` (bits of the upcast product, every level), `tests/half_precision.rs` |
 //!
 //! Each kernel also faces PyTorch directly on the single-op goldens
 //! (`tests/kernels_vs_torch.rs`). And the whole fast model equals the whole

@@ -191,6 +191,24 @@ fn thread_counts_at_this_level(level: Simd) {
                 "[{m},{k}]·[{k},{n}] with {threads} threads at {level}"
             );
         }
+        // Half weights, which the few-rows kernel reads as stored at
+        // AVX-512 and widens in blocks below it.
+        let (w, _) = half_weight(k, n, 6, Dtype::F16);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| matmul_weight(a.view(), w.stored()))
+        };
+        let one = run(1);
+        for threads in [2, 3, 4] {
+            assert_eq!(
+                run(threads),
+                one,
+                "[{m},{k}]·f16[{k},{n}] with {threads} threads at {level}"
+            );
+        }
     }
 }
 

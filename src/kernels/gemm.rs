@@ -185,15 +185,19 @@ fn product_of<E: Element>(
         if let Some(w) = b.as_slice() {
             #[cfg(target_arch = "x86_64")]
             if level == Simd::Avx512 {
-                let kernel = |p: &[f32], k, ks, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| {
-                    // SAFETY: the level is `Avx512` only on a CPU that was
-                    // detected to have AVX-512 F (see `simd::level`).
-                    unsafe { band_tiles_8x32(p, k, ks, w, ldw, strips, t) }
+                // SAFETY (both): the level is `Avx512` only on a CPU that was
+                // detected to have AVX-512 F (see `simd::level`).
+                let kernel = |p: &[f32], k, ks, w: &[f32], ldw, strips, t: &mut [[f32; 32]]| unsafe {
+                    band_tiles_8x32(p, k, ks, w, ldw, strips, t)
                 };
-                return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel);
+                let stored = |p: &[f32], k, ks, w: &[E], ldw, strips, t: &mut [[f32; 32]]| unsafe {
+                    band_tiles_8x32(p, k, ks, w, ldw, strips, t)
+                };
+                return few_rows::<8, 32, E>(a, w, n, c, output, threads, kernel, Some(&stored));
             }
             if few_rows_tile(a.nrows()) == 4 {
-                return few_rows::<4, TILE_COLS, E>(a, w, n, c, output, threads, band_tiles::<4>);
+                let kernel = band_tiles::<4>;
+                return few_rows::<4, TILE_COLS, E>(a, w, n, c, output, threads, kernel, None);
             }
             return few_rows::<TILE_ROWS, TILE_COLS, E>(
                 a,
@@ -203,6 +207,7 @@ fn product_of<E: Element>(
                 output,
                 threads,
                 band_tiles::<TILE_ROWS>,
+                None,
             );
         }
     }
@@ -437,12 +442,24 @@ const TILE_COLS: usize = 16;
 /// Rows of the weight [`few_rows`] reads per step: eight 64-byte pieces that
 /// stay in the L1 cache while every group of six output rows uses them.
 const TILE_DEPTH: usize = 8;
+/// A kernel of [`few_rows`] that reads the weights as stored (`f16`,
+/// `bf16`), widening each piece in registers as it loads it (AVX-512's
+/// [`band_tiles_8x32`]).
+type StoredKernel<'k, E, const C: usize> =
+    &'k (dyn Fn(&[f32], usize, Range<usize>, &[E], usize, usize, &mut [[f32; C]]) + Sync);
+
 /// Columns of the output per task of [`few_rows`]: fixed, so that the split
 /// does not depend on the thread count.
 const FEW_ROWS_BAND: usize = 384;
-/// Rows of a half weight [`few_rows`] widens at a time (a multiple of
-/// [`TILE_DEPTH`]): 16 × 384 `f32`s, 24 KB.
+
+/// Rows of a half weight [`few_rows`] widens at a time below AVX-512 (a
+/// multiple of [`TILE_DEPTH`]): 16 × 384 `f32`s, 24 KB.
 const HALF_DEPTH: usize = 16;
+/// How far ahead (in rows) [`few_rows`] asks for a half weight it widens in
+/// blocks: the widening otherwise waits on memory. (None before: GPT-2
+/// small's blocks' products at 8 rows of `f16`, AVX2 level, took 32–36 ms;
+/// with it 19–28; AMD EPYC Zen 4, 2 threads, alternated.)
+const HALF_AHEAD: usize = 32;
 
 /// `c (+)= a · w` for 5 to 32 rows of `a: [m, k]` and a row-major
 /// `w: [k, n]` (given as its contiguous slice), read in place.
@@ -458,7 +475,10 @@ const HALF_DEPTH: usize = 16;
 /// whose 6 × 16 sums stay in registers: per row of `w`, two vector loads, six
 /// broadcasts and twelve fused multiply–adds. Reading the weight 8 rows × 16
 /// columns at a time keeps its 8 rows' streams sequential for the hardware
-/// prefetcher, and nothing is copied.
+/// prefetcher, and nothing is copied. A half weight is widened as it is
+/// read: by the `stored` kernel where there is one (AVX-512's, in registers,
+/// piece by piece), else in blocks of [`HALF_DEPTH`] rows that `kernel` then
+/// reads like an `f32` weight.
 ///
 /// Every output is one chain of fused multiply–adds over `k` in order,
 /// started from zero and then written into (or added to) `c`: the same bits
@@ -472,6 +492,7 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
     output: Output,
     threads: Threads,
     kernel: impl Fn(&[f32], usize, Range<usize>, &[f32], usize, usize, &mut [[f32; C]]) + Sync,
+    stored: Option<StoredKernel<'_, E, C>>,
 ) {
     let (m, k) = a.dim();
     debug_assert_eq!(w.len(), k * n);
@@ -506,19 +527,29 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
             }
             kernel(&panels, k, 0..k, &padded, C, 1, &mut rest_tiles);
         }
-        match E::slice_f32(w) {
-            Some(w) => kernel(&panels, k, 0..k, &w[j0..], n, strips, &mut tiles),
-            None => {
-                // Half weights: widen HALF_DEPTH rows of the band's tile
-                // columns at a time into a block that stays in the L1 cache,
-                // and run the same kernel on it (the same steps in the same
-                // order as on the f32 matrix: the same bits).
+        match (E::slice_f32(w), stored) {
+            (Some(w), _) => kernel(&panels, k, 0..k, &w[j0..], n, strips, &mut tiles),
+            (None, Some(stored)) => stored(&panels, k, 0..k, &w[j0..], n, strips, &mut tiles),
+            (None, None) => {
+                // Half weights, below AVX-512: widen HALF_DEPTH rows of the
+                // band's tile columns at a time into a block that stays in
+                // the L1 cache, and run the same kernel on it (the same steps
+                // in the same order as on the f32 matrix: the same bits).
                 let tiled = (strips * C).max(1);
                 let mut block = vec![0.0f32; HALF_DEPTH * tiled];
                 for k0 in (0..k).step_by(HALF_DEPTH) {
                     let depth = HALF_DEPTH.min(k - k0);
                     for (l, out) in block.chunks_exact_mut(tiled).take(depth).enumerate() {
-                        widen(&w[(k0 + l) * n + j0..][..tiled], out);
+                        let row = &w[(k0 + l) * n + j0..][..tiled];
+                        // The same columns HALF_AHEAD rows further down,
+                        // asked for into the L2 cache while these are
+                        // widened and multiplied (a hint: past the end of
+                        // `w` it fetches nothing useful, and never faults).
+                        let ahead = row.as_ptr().wrapping_add(HALF_AHEAD * n).cast::<u8>();
+                        for byte in (0..std::mem::size_of_val(row)).step_by(64) {
+                            prefetch_l2(ahead.wrapping_add(byte));
+                        }
+                        widen(row, out);
                     }
                     let ks = k0..k0 + depth;
                     kernel(&panels, k, ks, &block, tiled, strips, &mut tiles);
@@ -642,17 +673,30 @@ fn tile_steps<const R: usize>(
 /// broadcasts and sixteen fused multiply–adds. Each sum is the same chain of
 /// fused multiply–adds over `l`, in order, as in [`tile_steps`], so the
 /// result has the same bits as the AVX2 and NEON versions.
+///
+/// `w` is read as stored: a half weight's two vectors a row are widened as
+/// they are loaded ([`load16`](super::half_avx512::load16): `vcvtph2ps` for
+/// `f16`, a shift for `bf16`; exact), and its rows ahead are prefetched as
+/// an `f32` weight's are, so the weights stream from memory with the
+/// arithmetic. (Widened first in blocks of [`HALF_DEPTH`] rows, as below
+/// AVX-512, the widening waited on memory and the arithmetic then ran with
+/// memory idle: GPT-2 small's blocks' products at 8 rows took 26–29 ms for
+/// `f16`, 30–32 for `bf16`, against 12–16 and 11–13 read as stored, and
+/// 15–21 for `f32`; AMD EPYC Zen 4, 2 threads, alternated. Each row's
+/// pieces are held as `&[E; 32]`: as slices, with their lengths, the `f32`
+/// products ran 9–25% slower in four alternations.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn band_tiles_8x32(
+fn band_tiles_8x32<E: Element>(
     panels: &[f32],
     k: usize,
     ks: Range<usize>,
-    w: &[f32],
+    w: &[E],
     ldw: usize,
     strips: usize,
     tiles: &mut [[f32; 32]],
 ) {
+    use super::half_avx512::load16;
     use std::arch::x86_64::_mm512_storeu_ps;
     use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
     const R: usize = 8;
@@ -669,7 +713,7 @@ fn band_tiles_8x32(
             let w_block = &w[(k0 - ks.start) * ldw + s * 32..];
             // The 32 weights of each of the `depth` rows, bounds-checked once
             // per block here rather than per load below.
-            let w_rows: [&[f32; 32]; TILE_DEPTH] = std::array::from_fn(|l| {
+            let w_rows: [&[E; 32]; TILE_DEPTH] = std::array::from_fn(|l| {
                 let l = l.min(depth - 1);
                 w_block[l * ldw..l * ldw + 32]
                     .try_into()
@@ -688,18 +732,20 @@ fn band_tiles_8x32(
                 let steps = &panels[(g * k + k0) * R..][..depth * R];
                 let tile = &mut tiles[(g * strips + s) * R..][..R];
                 // SAFETY: every pointer below is the start of a `[f32; 32]`
-                // (a row of `tile` or of `w_rows`), read or written at
-                // offsets 0 and 16 as 16 `f32`s: inside the array. Unaligned
-                // loads and stores (`loadu`, `storeu`) need no alignment.
-                // The caller runs this only where AVX-512 F was detected.
+                // (a row of `tile`), read or written at offsets 0 and 16 as
+                // 16 `f32`s: inside the array; each row of `w_rows` is 32
+                // values, read at 0 and 16 as 16 (`load16`'s condition).
+                // Unaligned loads and stores (`loadu`, `storeu`) need no
+                // alignment. The caller runs this only where AVX-512 F was
+                // detected.
                 unsafe {
                     let mut acc: [[__m512; 2]; R] = std::array::from_fn(|i| {
                         let p = tile[i].as_ptr();
                         [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
                     });
                     for (l, x) in steps.chunks_exact(R).enumerate() {
-                        let p = w_rows[l].as_ptr();
-                        let (w0, w1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                        let row = w_rows[l].as_slice();
+                        let (w0, w1) = (load16(row, 0), load16(row, 16));
                         for i in 0..R {
                             let xi = _mm512_set1_ps(x[i]);
                             acc[i][0] = _mm512_fmadd_ps(xi, w0, acc[i][0]);
