@@ -45,8 +45,9 @@ struct Args {
     /// Fewer repetitions (for a quick look).
     #[arg(long)]
     quick: bool,
-    /// Only the batched decoding cases (B = 1, 4, 8, 32), written to
-    /// `target/bench-rust-batched.json` unless --json says where.
+    /// Only the batched decoding cases (B = 1, 4, 8, 32), for each dtype of
+    /// --dtypes, written to `target/bench-rust-batched.json` unless --json
+    /// says where.
     #[arg(long)]
     batched_decoding_only: bool,
     /// Run only these cases, comma-separated: first-logits, prefill, decode,
@@ -135,18 +136,20 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         Tokenizer::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(common::GOLDEN))?;
     let reps = if args.quick { 1 } else { 3 };
     if args.batched_decoding_only {
-        let model = Gpt2::from_dir(dir)?;
         let mut runs = Vec::new();
         for &threads in &args.threads {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()?;
-            eprintln!("measuring batched decoding with {threads} thread(s)...");
-            let cases = pool.install(|| batched_decoding(&model, &tokenizer, reps))?;
-            runs.push(json!({"threads": threads, "batched_decoding": cases}));
+            for &dtype in &args.dtypes {
+                let model = Gpt2::from_dir(dir_of(dir, dtype))?;
+                eprintln!("measuring batched decoding, {dtype}, with {threads} thread(s)...");
+                let cases = pool.install(|| batched_decoding(&model, &tokenizer, reps))?;
+                runs.push(json!({"threads": threads, "dtype": dtype.to_string(),
+                                 "batched_decoding": cases}));
+            }
         }
-        let report =
-            json!({"model": "gpt2 (124M, random weights, f32, safetensors)", "runs": runs});
+        let report = json!({"model": "gpt2 (124M, random weights, safetensors)", "runs": runs});
         print_batched(&report);
         let path = if args.json == Path::new("target/bench-rust.json") {
             PathBuf::from("target/bench-rust-batched.json")
@@ -599,7 +602,8 @@ fn print_batched(report: &Value) {
                 .collect()
         };
         let single = figures(1);
-        println!("\n{} thread(s)", run["threads"]);
+        let dtype = run["dtype"].as_str().unwrap_or_default();
+        println!("\n{} thread(s), {dtype} weights", run["threads"]);
         println!(
             "  {:<8} {:>10} {:>10}   each round: tok/s (÷ that round's B=1)",
             "batch", "best tok/s", "vs B=1"
