@@ -457,8 +457,8 @@ const FEW_ROWS_BAND: usize = 384;
 const HALF_DEPTH: usize = 16;
 /// How far ahead (in rows) [`few_rows`] asks for a half weight it widens in
 /// blocks: the widening otherwise waits on memory. (None before: GPT-2
-/// small's blocks' products at 8 rows of `f16`, AVX2 level, took 32–36 ms;
-/// with it 19–28; AMD EPYC Zen 4, 2 threads, alternated.)
+/// small's blocks' products at 8 rows of `f16`, AVX2 level, took 35–36 ms;
+/// with it 20–28; AMD EPYC Zen 4, 2 threads, alternated.)
 const HALF_AHEAD: usize = 32;
 
 /// `c (+)= a · w` for 5 to 32 rows of `a: [m, k]` and a row-major
@@ -680,9 +680,9 @@ fn tile_steps<const R: usize>(
 /// an `f32` weight's are, so the weights stream from memory with the
 /// arithmetic. (Widened first in blocks of [`HALF_DEPTH`] rows, as below
 /// AVX-512, the widening waited on memory and the arithmetic then ran with
-/// memory idle: GPT-2 small's blocks' products at 8 rows took 26–29 ms for
-/// `f16`, 30–32 for `bf16`, against 12–16 and 11–13 read as stored, and
-/// 15–21 for `f32`; AMD EPYC Zen 4, 2 threads, alternated. Each row's
+/// memory idle: GPT-2 small's blocks' products at 8 rows took 26–41 ms for
+/// `f16`, 30–36 for `bf16`, against 13–24 and 11–20 read as stored, and
+/// 15–25 for `f32`; AMD EPYC Zen 4, 2 threads, six alternations. Each row's
 /// pieces are held as `&[E; 32]`: as slices, with their lengths, the `f32`
 /// products ran 9–25% slower in four alternations.)
 #[cfg(target_arch = "x86_64")]
