@@ -112,6 +112,62 @@ fn greedy_continuations_are_transformers_token_for_token() {
 /// Each filter alone, then all of them in `generate`'s order, against the
 /// scores transformers' processors give for the same logits.
 #[test]
+fn argmax_takes_the_first_of_the_largest() {
+    use gpt2_ndarray::generate::argmax;
+    use ndarray::{arr1, Array1};
+    assert_eq!(
+        argmax(arr1(&[1.0, 3.0, 2.0, 3.0]).view()),
+        1,
+        "the first on ties"
+    );
+    assert_eq!(argmax(arr1(&[5.0, -1.0, 5.0]).view()), 0);
+    assert_eq!(argmax(arr1(&[-2.0, -1.0]).view()), 1);
+    assert_eq!(argmax(arr1(&[f32::NEG_INFINITY, -1e30]).view()), 1);
+    assert_eq!(argmax(Array1::<f32>::zeros(0).view()), 0, "empty: 0");
+    let mut wide = Array1::<f32>::zeros(50257);
+    wide[50256] = 1.0;
+    assert_eq!(argmax(wide.view()), 50256, "the last of a vocabulary");
+    assert_eq!(
+        argmax(arr1(&[1.0, f32::NAN, 2.0]).view()),
+        2,
+        "NaN passed over"
+    );
+    assert_eq!(
+        argmax(arr1(&[f32::NAN, 5.0]).view()),
+        0,
+        "nothing exceeds a NaN at 0"
+    );
+    assert_eq!(argmax(arr1(&[-0.0, 0.0]).view()), 0, "0 does not exceed -0");
+    // Against the plain scan it stands for, on values with many ties (and a
+    // few NaNs), every length up to past a few lanes, and strided views.
+    let scan = |x: &[f32]| {
+        let mut best = 0;
+        for (i, &v) in x.iter().enumerate() {
+            if v > x[best] {
+                best = i;
+            }
+        }
+        best
+    };
+    let mut rng = gpt2_ndarray::generate::Rng::new(5);
+    for len in 1..80 {
+        for _ in 0..20 {
+            let x = Array1::from_shape_fn(len, |_| match rng.next_u64() % 9 {
+                8 => f32::NAN,
+                v => v as f32 - 3.0,
+            });
+            assert_eq!(argmax(x.view()), scan(x.as_slice().unwrap()), "{x}");
+            let every_other = x.slice(ndarray::s![..;2]);
+            assert_eq!(
+                argmax(every_other),
+                scan(&every_other.to_vec()),
+                "{every_other}"
+            );
+        }
+    }
+}
+
+#[test]
 fn sampling_filters_give_the_distributions_of_transformers_logits_processors() {
     let golden = json("reference/filters/cases.json");
     let logits = read_f32(golden_dir().join("reference/filters/logits.npy"));
