@@ -662,12 +662,25 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> Duration {
 /// - `read_weights`: summing every weight matrix a step multiplies, where it
 ///   lies (the memory-mapped checkpoint), as the read-bandwidth measurement
 ///   sums its buffer (one parallel sum per matrix);
+/// - `read_weights_copy`: the same, over a copy of those matrices in fresh
+///   (anonymous) memory, one allocation each, made once before timing;
+/// - `read_probe`: the read-bandwidth measurement's own 1 GiB buffer (one
+///   parallel sum over all of it), as the time it would take for the
+///   weights' bytes;
 /// - `gemv_*`: the step's products alone, one row × each weight
 ///   (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj` of all blocks; the head),
 ///   in the order a step runs them, from the fastest pass;
 /// - `step`: a whole decoding step (a token after 128 cached ones,
 ///   `forward_step` with the cache), whose rest is attention, layer norms,
 ///   GELU, residuals and the joins between them.
+///
+/// The products and the three readings take turns within each pass, so
+/// that a host whose bandwidth moves from one minute to the next (a shared
+/// one) moves them alike; each keeps its fastest. The readings split the
+/// gap between decoding and the bench's bandwidth figure into where the
+/// weights lie (a file's pages against fresh memory), reading them a matrix
+/// at a time (a parallel sum each, against one over a single buffer), and
+/// the products' own work.
 fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     let reps = reps * 10;
     let c = model.config.n_embd;
@@ -689,11 +702,30 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     matrices.push(&model.wte);
     let bytes: usize = matrices.iter().map(|w| w.stored_bytes()).sum();
     let all_weights: Vec<Stored<'_>> = matrices.iter().map(|w| w.stored()).collect();
-    // The products in the order a step reads them, each timed; per pass,
-    // the time of each kind (over all blocks) and of the head. Each kind
-    // timed over and over on its own would be read from the L3 cache
-    // where it fits (all blocks' `attn.c_proj`: 28 MB in f32, 14 MB in
-    // f16), which a step, reading every weight in turn, never does.
+    let mut cache = gpt2_ndarray::KvCache::new(model.config.n_layer);
+    let past: Vec<u32> = (0..128).collect();
+    let mut trace = gpt2_ndarray::Trace::off();
+    let logits = gpt2_ndarray::Logits::Last;
+    model
+        .forward_step(&past, None, &mut cache, logits, &mut trace)
+        .expect("prompt");
+    let copies: Vec<Copied> = all_weights.iter().map(|&w| Copied::of(w)).collect();
+    let read = |weights: &mut dyn Iterator<Item = Stored<'_>>| {
+        let start = Instant::now();
+        for w in weights {
+            std::hint::black_box(read_all(w));
+        }
+        start.elapsed()
+    };
+    // Each pass: the products in the order a step reads them, each timed
+    // (per kind over all blocks, and the head: each kind timed over and
+    // over on its own would be read from the L3 cache where it fits, all
+    // blocks' `attn.c_proj` being 28 MB in f32, which a step, reading every
+    // weight in turn, never does); then the three readings; then a whole
+    // step, from a copy of the cache made outside the clock with room for
+    // the step's position (as `generate` reserves it: growing the copy
+    // would copy the whole cache inside the clock).
+    let (mut reads, mut step) = ([Duration::MAX; 3], Duration::MAX);
     let passes: Vec<[Duration; 5]> = (0..reps)
         .map(|_| {
             let mut times = [Duration::ZERO; 5];
@@ -708,6 +740,21 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
             let start = Instant::now();
             std::hint::black_box(model.head(x.view()));
             times[4] = start.elapsed();
+            let readings = [
+                read(&mut all_weights.iter().copied()),
+                read(&mut copies.iter().map(Copied::stored)),
+                probe_once(),
+            ];
+            for (best, now) in reads.iter_mut().zip(readings) {
+                *best = (*best).min(now);
+            }
+            let mut cache = cache.clone();
+            cache.reserve(1);
+            let start = Instant::now();
+            model
+                .forward_step(&[7], None, &mut cache, logits, &mut trace)
+                .expect("step");
+            step = step.min(start.elapsed());
             times
         })
         .collect();
@@ -721,39 +768,18 @@ fn decode_profile(model: &Gpt2, reps: usize) -> Value {
     }
     let gemv_total = ms(fastest.iter().sum());
     out.insert("gemv_total_ms".into(), json!(gemv_total));
-    let read = best_of(reps, || {
-        for w in &all_weights {
-            std::hint::black_box(read_all(*w));
-        }
-    });
-    out.insert("read_weights_ms".into(), json!(ms(read)));
-    out.insert("weight_bytes".into(), json!(bytes));
+    let gbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+    for (name, time) in [("read_weights", reads[0]), ("read_weights_copy", reads[1])] {
+        out.insert(format!("{name}_ms"), json!(ms(time)));
+        out.insert(format!("{name}_gbs"), json!(gbs(time)));
+    }
+    let probe_gbs = (probe_buffer().len() * 4) as f64 / reads[2].as_secs_f64() / 1e9;
+    out.insert("read_probe_gbs".into(), json!(probe_gbs));
     out.insert(
-        "read_weights_gbs".into(),
-        json!(bytes as f64 / read.as_secs_f64() / 1e9),
+        "read_probe_ms".into(),
+        json!(bytes as f64 / probe_gbs / 1e6),
     );
-    let mut cache = gpt2_ndarray::KvCache::new(model.config.n_layer);
-    let past: Vec<u32> = (0..128).collect();
-    let mut trace = gpt2_ndarray::Trace::off();
-    let logits = gpt2_ndarray::Logits::Last;
-    model
-        .forward_step(&past, None, &mut cache, logits, &mut trace)
-        .expect("prompt");
-    // Each run starts from a copy of the cache, made outside the clock, with
-    // room for the step's position (as `generate` reserves it): the copy has
-    // none, and growing it would copy the whole cache inside the clock.
-    let step = (0..reps)
-        .map(|_| {
-            let mut cache = cache.clone();
-            cache.reserve(1);
-            let start = Instant::now();
-            model
-                .forward_step(&[7], None, &mut cache, logits, &mut trace)
-                .expect("step");
-            start.elapsed()
-        })
-        .min()
-        .unwrap_or_default();
+    out.insert("weight_bytes".into(), json!(bytes));
     let step_ms = ms(step);
     out.insert("step_ms".into(), json!(step_ms));
     out.insert("rest_ms".into(), json!(step_ms - gemv_total));
@@ -780,18 +806,55 @@ fn read_all(w: Stored<'_>) -> f32 {
     }
 }
 
-/// Read bandwidth: sum 1 GiB of f32 (far larger than the caches), split over
-/// the pool's threads, with the crate's own vectorised sum; best of 3, in GB/s.
-/// The buffer is made once, at the first reading: the alternated rounds read
-/// the bandwidth six times a round.
-fn read_bandwidth_gbs() -> f64 {
+/// A copy of a stored matrix in fresh memory (one allocation), for
+/// [`decode_profile`]'s reading of the weights away from the checkpoint's
+/// pages.
+enum Copied {
+    F32(Array2<f32>),
+    F16(Array2<half::f16>),
+    BF16(Array2<half::bf16>),
+}
+
+impl Copied {
+    fn of(w: Stored<'_>) -> Self {
+        match w {
+            Stored::F32(w) => Copied::F32(w.to_owned()),
+            Stored::F16(w) => Copied::F16(w.to_owned()),
+            Stored::BF16(w) => Copied::BF16(w.to_owned()),
+        }
+    }
+
+    fn stored(&self) -> Stored<'_> {
+        match self {
+            Copied::F32(w) => Stored::F32(w.view()),
+            Copied::F16(w) => Stored::F16(w.view()),
+            Copied::BF16(w) => Stored::BF16(w.view()),
+        }
+    }
+}
+
+/// The read-bandwidth measurement's buffer: 1 GiB of f32, far larger than
+/// the caches, made once, at the first reading (the alternated rounds read
+/// the bandwidth six times a round).
+fn probe_buffer() -> &'static [f32] {
     static DATA: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    let data = DATA.get_or_init(|| vec![1.0f32; 256 << 20]);
-    let secs = best_of(3, || {
-        let s: f32 = data.par_chunks(1 << 16).map(sum_lanes).sum();
-        std::hint::black_box(s);
-    });
-    (data.len() * 4) as f64 / secs.as_secs_f64() / 1e9
+    DATA.get_or_init(|| vec![1.0f32; 256 << 20])
+}
+
+/// One reading of the bandwidth: the time to sum [`probe_buffer`], split
+/// over the pool's threads, with the crate's own vectorised sum.
+fn probe_once() -> Duration {
+    let data = probe_buffer();
+    let start = Instant::now();
+    let s: f32 = data.par_chunks(1 << 16).map(sum_lanes).sum();
+    std::hint::black_box(s);
+    start.elapsed()
+}
+
+/// Read bandwidth: the best of 3 readings ([`probe_once`]), in GB/s.
+fn read_bandwidth_gbs() -> f64 {
+    let secs = (0..3).map(|_| probe_once()).min().expect("three readings");
+    (probe_buffer().len() * 4) as f64 / secs.as_secs_f64() / 1e9
 }
 
 /// The f32 matmul rate of this crate's GEMM on the MLP's shape
