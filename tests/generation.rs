@@ -109,8 +109,9 @@ fn greedy_continuations_are_transformers_token_for_token() {
     }
 }
 
-/// Each filter alone, then all of them in `generate`'s order, against the
-/// scores transformers' processors give for the same logits.
+/// `generate::argmax` (two vectorised passes) is the plain scan it stands
+/// for: the first of the largest value, NaNs passed over, on ties, strided
+/// views and a vocabulary's length.
 #[test]
 fn argmax_takes_the_first_of_the_largest() {
     use gpt2_ndarray::generate::argmax;
@@ -167,6 +168,8 @@ fn argmax_takes_the_first_of_the_largest() {
     }
 }
 
+/// Each filter alone, then all of them in `generate`'s order, against the
+/// scores transformers' processors give for the same logits.
 #[test]
 fn sampling_filters_give_the_distributions_of_transformers_logits_processors() {
     let golden = json("reference/filters/cases.json");

@@ -9,7 +9,7 @@ use crate::reference;
 use super::convert::{widen, widened, Element};
 use super::fastmath::{self, dot, exp_sum, max_lanes, scale_max};
 use super::gemm::{product, tree_steps, Output, Threads, TreeStep, GEMV_MAX_ROWS, GEMV_ROW_BLOCK};
-use super::simd::simd_targets;
+use super::simd::{prefetch_row, simd_targets};
 
 /// One row of scores: the first `seen` scores are scaled (then
 /// padding keys set to `-inf`), the rest set to `-inf`. Returns the row's
@@ -285,18 +285,6 @@ fn attend_one<E: Element>(
 /// 53–55 ms without (AMD EPYC Zen 4, 2 threads, alternated). 2, 8 and 16
 /// rows ahead were no better than 4.
 const KV_PREFETCH_ROWS: usize = 4;
-
-/// Ask for the `width` values of `x` from `start` (a row of a head group's
-/// columns) to be brought into the L2 cache, a line at a time. A hint: past
-/// the end of `x` (the rows after the last) it fetches nothing useful and
-/// never faults.
-#[inline(always)]
-fn prefetch_row<E>(x: &[E], start: usize, width: usize) {
-    let p = x.as_ptr().wrapping_add(start).cast::<u8>();
-    for byte in (0..width * std::mem::size_of::<E>()).step_by(64) {
-        super::simd::prefetch_l2(p.wrapping_add(byte));
-    }
-}
 
 /// `x` as `f32`s: itself, or widened into `buffer` (at least as long).
 #[inline(always)]

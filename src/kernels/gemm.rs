@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 use super::convert::{widen, widen_lane, Element};
 use super::fastmath::dot;
-use super::simd::{self, prefetch_l2, simd_targets, Simd};
+use super::simd::{self, prefetch_l2, prefetch_row, simd_targets, Simd};
 use crate::weights::Stored;
 
 /// Products with at most this many rows on the left use the matrix–vector
@@ -540,16 +540,12 @@ fn few_rows<const R: usize, const C: usize, E: Element>(
                 for k0 in (0..k).step_by(HALF_DEPTH) {
                     let depth = HALF_DEPTH.min(k - k0);
                     for (l, out) in block.chunks_exact_mut(tiled).take(depth).enumerate() {
-                        let row = &w[(k0 + l) * n + j0..][..tiled];
+                        let start = (k0 + l) * n + j0;
                         // The same columns HALF_AHEAD rows further down,
                         // asked for into the L2 cache while these are
-                        // widened and multiplied (a hint: past the end of
-                        // `w` it fetches nothing useful, and never faults).
-                        let ahead = row.as_ptr().wrapping_add(HALF_AHEAD * n).cast::<u8>();
-                        for byte in (0..std::mem::size_of_val(row)).step_by(64) {
-                            prefetch_l2(ahead.wrapping_add(byte));
-                        }
-                        widen(row, out);
+                        // widened and multiplied.
+                        prefetch_row(w, start + HALF_AHEAD * n, tiled);
+                        widen(&w[start..][..tiled], out);
                     }
                     let ks = k0..k0 + depth;
                     kernel(&panels, k, ks, &block, tiled, strips, &mut tiles);

@@ -281,3 +281,15 @@ pub(crate) fn prefetch_l2<T>(p: *const T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
+
+/// Ask for the `width` values of `x` from `start` (a row, or the piece of a
+/// row a kernel reads next) to be brought into the L2 cache, a line at a time
+/// ([`prefetch_l2`]). A hint: past the end of `x` (the rows after the last)
+/// it fetches nothing useful and never faults.
+#[inline(always)]
+pub(crate) fn prefetch_row<E>(x: &[E], start: usize, width: usize) {
+    let p = x.as_ptr().wrapping_add(start).cast::<u8>();
+    for byte in (0..width * std::mem::size_of::<E>()).step_by(64) {
+        prefetch_l2(p.wrapping_add(byte));
+    }
+}
