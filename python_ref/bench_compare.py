@@ -5,7 +5,12 @@ back, or with `--no-run` only reads the JSON they wrote (same schema), and:
 
 * prints, per thread count, each case's figure on both sides and the ratio;
 * checks the performance targets (at 2 threads unless said otherwise) and
-  prints PASS/FAIL for each;
+  prints PASS/FAIL for each, and beside two of them, marked "for
+  information", the same quantity measured another way that does not judge
+  the target: the decoding against the highest bandwidth reading of the
+  whole run (a decoding of one minute and a reading of another), and the
+  half models' memory with the default f32 key/value cache (with the bound
+  arithmetic sets it);
 * writes its sections of `docs/bench.md` (tables, targets, date, CPU,
   versions; the half-precision weights) between their markers, one pair per
   kind of CPU (`<!-- bench_compare:avx512-intel:begin -->`,
