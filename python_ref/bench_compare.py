@@ -258,17 +258,15 @@ def targets(rust: dict, torch: dict) -> list[Target]:
     ratio_target("decode tok/s ≥ 2 × transformers' (2 threads)", decode, 2.0, at_least=True)
     alt = alternated_medians(rust, 2)
     if alt and "f32" in alt:
-        # Each decoding against the bandwidth read in its own minute (the
-        # higher of the readings just before and after it), the median of
-        # the rounds: this judges the target. The decode case's best against
-        # the highest reading of the whole run stays beside it, for
-        # information: on a host whose read bandwidth moves between two
+        # Each decoding against the bandwidth read in its own minute (see
+        # `bandwidth_fraction`): this judges the target. The decode case's
+        # best against the highest reading of the whole run stays beside it,
+        # for information: on a host whose read bandwidth moves between two
         # levels from one minute to the next, that divides a decoding of one
         # minute by a reading of another.
-        fraction = alt["f32"]["fraction_of_bandwidth"]
-        out.append(Target(f"decode ≥ 0.85 of the bandwidth read just before and after it"
-                          f" (2 threads; alternated, median of {alt['rounds']} rounds)",
-                          f"{fraction:.3f}", fraction >= 0.85))
+        fraction, measured = bandwidth_fraction(rust, 2, "f32")
+        out.append(Target("decode ≥ 0.85 of the bandwidth read just before and after it"
+                          f" (2 threads; {FASTER_HALF})", measured, fraction >= 0.85))
         fraction_target("decode ÷ the highest bandwidth reading of the whole run (2 threads)", 2,
                         judged=False)
     else:
@@ -736,16 +734,18 @@ def half_rows(rust: dict, torch: dict, threads: int) -> tuple[list[list[str]], l
             # The ratios of rounds that alternate the dtypes, not of runs minutes apart.
             how = f"alternated, median of {alt['rounds']} rounds"
             speedup = alt[d]["decode_ms_per_token_vs_f32"]
-            fraction = alt[d]["fraction_of_bandwidth"]
+            fraction, measured = bandwidth_fraction(rust, threads, d)
             slower = {t: alt[d][f"prefill_{t}_ms_vs_f32"] for t in (128, 1024)}
         else:
             how = "best runs"
             speedup, fraction = decode(r) / decode(f32), frac(r)
+            measured = f"{fraction:.3f}"
             slower = {t: prefill(r, t) / prefill(f32, t) for t in (128, 1024)}
         checks.append(Target(f"{d}: decode ≥ 1.7× f32 ({threads} threads; {how})",
                              f"{speedup:.2f}×", speedup >= 1.7))
-        checks.append(Target(f"{d}: decode ≥ 0.85 of read bandwidth, bytes actually read ({how})",
-                             f"{fraction:.3f}", fraction >= 0.85))
+        checks.append(Target(f"{d}: decode ≥ 0.85 of read bandwidth, bytes actually read"
+                             f" ({FASTER_HALF if alt and d in alt else how})",
+                             measured, fraction >= 0.85))
         for t in (128, 1024):
             checks.append(Target(f"{d}: prefill T={t} ≤ 1.10× f32 ({how})", f"{slower[t]:.2f}×",
                                  slower[t] <= 1.10))
@@ -785,6 +785,33 @@ def f32_cache_bound(rss_f32: float, f32_weight_bytes: int, half_weight_bytes: in
     return (half_weight_bytes / mib + cache + rest) / rss_f32
 
 
+FASTER_HALF = "alternated rounds, the faster half by that reading"
+
+
+def bandwidth_fraction(rust: dict, threads: int, dtype: str) -> tuple[float, str]:
+    """The fraction of the read bandwidth that judges decoding, and how it
+    reads: over the alternated rounds (each decoding against the higher of
+    the readings just before and just after it), the median of the rounds
+    whose reading is at or above the median reading. This host's bandwidth
+    moves between levels from one minute to the next, and decoding must reach
+    0.85 of it at the faster level too, where it does worst: the median of
+    all rounds would pass or fail with the mix of minutes a run happened to
+    get. In a run whose readings all came from one level this is simply the
+    upper half of them. The measured text gives the median of all rounds
+    and the range beside it."""
+    rounds = [r[dtype] for r in rust["alternated"]["rounds"]]
+    if rust["alternated"]["threads"] != threads or not rounds:
+        raise ValueError(f"no alternated rounds of {dtype} at {threads} threads")
+    readings = [r["read_bandwidth_gbs"] for r in rounds]
+    fractions = [r["fraction_of_bandwidth"] for r in rounds]
+    threshold = statistics.median(readings)
+    faster = [f for g, f in zip(readings, fractions) if g >= threshold]
+    judged = statistics.median(faster)
+    return judged, (f"{judged:.3f} in the {len(faster)} rounds read at ≥ {threshold:.1f} GB/s;"
+                    f" {statistics.median(fractions):.3f} over all {len(rounds)}"
+                    f" (per round {min(fractions):.2f}–{max(fractions):.2f})")
+
+
 def alternated_medians(rust: dict, threads: int) -> dict | None:
     """The medians over the alternated rounds of `examples/bench.rs` (each
     round measures every dtype one after the other): per dtype its own
@@ -818,7 +845,8 @@ def write_half_section(path: Path, rust: dict, torch: dict) -> list[Target]:
              " dtype one after the other (decoding, with the read bandwidth just before and after it,"
              " then prefill; `bench --case alternated`, five rounds a run), so that a host slowing"
              " down for a while slows the dtypes of one round alike: their medians are the ratios"
-             " the targets below are judged by. "
+             " the targets below are judged by (the fraction of the bandwidth by the faster half of"
+             " the rounds, by the reading beside each decoding: see the f32 section's targets). "
              + ("transformers: `GPT2LMHeadModel` loaded with `dtype=torch.float16` /"
                 " `torch.bfloat16`, the fastest of its attention and head variants"
                 " (`python_ref/bench_torch.py --half`)." if torch.get("half") else
