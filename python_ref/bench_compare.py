@@ -799,9 +799,10 @@ def bandwidth_fraction(rust: dict, threads: int, dtype: str) -> tuple[float, str
     get. In a run whose readings all came from one level this is simply the
     upper half of them. The measured text gives the median of all rounds
     and the range beside it."""
-    rounds = [r[dtype] for r in rust["alternated"]["rounds"]]
-    if rust["alternated"]["threads"] != threads or not rounds:
-        raise ValueError(f"no alternated rounds of {dtype} at {threads} threads")
+    alt = rust.get("alternated")
+    if not alt or alt["threads"] != threads or not alt["rounds"]:
+        raise ValueError(f"no alternated rounds at {threads} threads")
+    rounds = [r[dtype] for r in alt["rounds"]]
     readings = [r["read_bandwidth_gbs"] for r in rounds]
     fractions = [r["fraction_of_bandwidth"] for r in rounds]
     threshold = statistics.median(readings)
