@@ -25,6 +25,9 @@ Usage, from anywhere in the repository:
     python3 python_ref/bench_compare.py             # run both (15-40 min), compare
     python3 python_ref/bench_compare.py --rounds 3  # three pairs in turn, each side's best
     python3 python_ref/bench_compare.py --no-run    # compare the existing JSON
+    python3 python_ref/bench_compare.py --no-run \
+        --rust-json target/bench-runs/STAMP-bench-rust.json \
+        --torch-json target/bench-runs/STAMP-bench-torch.json  # an earlier run, kept
     python3 python_ref/bench_compare.py --strict    # exit 1 if a target fails
 
 The machine's other load moves every figure; only ratios measured back to
@@ -354,6 +357,13 @@ def run_benches(args) -> None:
     args.rust_json.write_text(json.dumps(dict(rust, measured=measured), indent=2))
     if args.rounds > 1:
         args.torch_json.write_text(json.dumps(merge_rounds(rounds["torch"]), indent=2))
+    # Each run's pair also under its start time, which the next run does not
+    # overwrite: `--no-run --rust-json ... --torch-json ...` judges it again.
+    archive = args.rust_json.parent / "bench-runs"
+    archive.mkdir(exist_ok=True)
+    stamp = measured["started"].replace(" UTC", "").replace(" ", "T").replace(":", "")
+    for out in (args.rust_json, args.torch_json):
+        (archive / f"{stamp}-{out.name}").write_text(out.read_text())
 
 
 def utc_now() -> str:
