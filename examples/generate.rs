@@ -34,7 +34,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// With --prompts: one JSON line per prompt on stdout
-    /// (`{"prompt", "text", "ids", "stop_reason"}`), no progress bar.
+    /// (`{"prompt", "text", "ids", "stop_reason"}`); the progress bar and the
+    /// throughput go to stderr.
     #[arg(long)]
     json: bool,
     /// A Hugging Face GPT-2 directory (default: models/gpt2, else the bundled model).
@@ -167,8 +168,9 @@ fn generate_file(
         })
         .collect::<Result<Vec<_>>>()?;
 
-    // Hidden with --json, and whenever stderr is not a terminal.
-    let bar = common::progress((prompts.len() * options.max_new_tokens) as u64, args.json);
+    // On stderr, so beside the JSON lines too; hidden whenever stderr is not
+    // a terminal. Each result is written with the bar suspended.
+    let bar = common::progress((prompts.len() * options.max_new_tokens) as u64, false);
     bar.set_message("tokens");
     let start = Instant::now();
     let mut generated_tokens = 0;
