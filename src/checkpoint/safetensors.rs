@@ -67,8 +67,34 @@ pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tens
     //    other memory.
     let mmap = unsafe { Mmap::map(&file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
+    advise_huge_pages(&mmap);
     let shared: SharedBytes = Arc::new(mmap);
     read_shared(&shared, keep).with_context(|| format!("in {}", path.display()))
+}
+
+/// Ask Linux to back the map with transparent huge pages (2 MB) where it
+/// can, before any byte of it is read: the pages of the file that are not
+/// in the page cache yet are then read from disk into 2 MB pages and mapped
+/// whole, so that streaming the weights misses the TLB once per 2 MB instead
+/// of once per 4 KB. A file whose pages are already cached in 4 KB pages
+/// (one just written, say) keeps them; the advice is only a hint, and a
+/// kernel without transparent huge pages refuses it, which changes nothing.
+///
+/// What it buys was measured on a virtual machine (AMD EPYC Zen 4, 2
+/// threads, Linux 6.18, transparent huge pages on `madvise`), where a miss
+/// of the TLB costs a walk of two page tables: the bench's 1 GiB read ran at
+/// 36–37 GB/s in 2 MB pages against 34–35 in 4 KB ones when the host's
+/// bandwidth was low, 55–62 against 45–50 when it was high, and greedy
+/// decoding of GPT-2 small read its weights 3–7% faster from a page cache in
+/// 2 MB pages than from one in 4 KB pages, f32 and f16 alike (`docs/bench.md`,
+/// section "Huge pages"). Read cold without the advice, the file was mapped
+/// 92% in 2 MB pages (the kernel's readahead grows its pages as it goes);
+/// with it, 100%.
+fn advise_huge_pages(map: &Mmap) {
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// [`read_safetensors`] on bytes already in memory; every tensor is copied
