@@ -76,9 +76,10 @@ pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tens
 /// can, before any byte of it is read: the pages of the file that are not
 /// in the page cache yet are then read from disk into 2 MB pages and mapped
 /// whole, so that streaming the weights misses the TLB once per 2 MB instead
-/// of once per 4 KB. A file whose pages are already cached in 4 KB pages
-/// (one just written, say) keeps them; the advice is only a hint, and a
-/// kernel without transparent huge pages refuses it, which changes nothing.
+/// of once per 4 KB. A file whose pages are already cached keeps the pages
+/// it has (one just copied with `cp` may have no 2 MB page at all); the
+/// advice is only a hint, and a kernel without transparent huge pages
+/// refuses it, which changes nothing.
 ///
 /// What it buys was measured on a virtual machine (AMD EPYC Zen 4, 2
 /// threads, Linux 6.18, transparent huge pages on `madvise`), where a miss
