@@ -54,11 +54,6 @@ pub trait Element: Copy + Send + Sync + 'static {
         None
     }
 
-    /// The matrix, when its values are `f16`s.
-    fn view_f16(_values: ArrayView2<'_, Self>) -> Option<ArrayView2<'_, f16>> {
-        None
-    }
-
     /// The values, when they are `bf16`s (for the loops that widen them by
     /// a shift).
     fn slice_bf16(_values: &[Self]) -> Option<&[bf16]> {
@@ -99,10 +94,6 @@ impl Element for f16 {
     }
 
     fn slice_f16(values: &[f16]) -> Option<&[f16]> {
-        Some(values)
-    }
-
-    fn view_f16(values: ArrayView2<'_, f16>) -> Option<ArrayView2<'_, f16>> {
         Some(values)
     }
 }

@@ -106,10 +106,11 @@ x86_scaled_row_passes!(
     storeu = _mm512_storeu_ps,
 );
 
-/// `fastmath::dot::<f16>`: 16 partial sums `acc[l] += x[l]·y[l]`, then the
-/// same pairwise fold, plus the tail summed in order.
+/// `fastmath::dot`: 16 partial sums `acc[l] += x[l]·y[l]` (`y` widened as
+/// it is loaded), then the same pairwise fold in registers, plus the tail
+/// summed in order: the same bits.
 #[target_feature(enable = "avx512f")]
-pub(super) fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
+pub(super) fn dot<E: Element>(x: &[f32], y: &[E]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_lanes: lengths differ");
     const { assert!(LANES == W) };
     let n = x.len() / W * W;
@@ -123,7 +124,7 @@ pub(super) fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
         // SAFETY: j + 16 <= n <= x.len() = y.len(); AVX-512 F is enabled.
         unsafe {
             let xv = _mm512_loadu_ps(x.as_ptr().add(j));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(xv, load_halves(y, j)));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(xv, load16(y, j)));
         }
     }
     fold_in_register(acc) + tail

@@ -100,11 +100,11 @@ x86_scaled_row_passes!(
     storeu = _mm256_storeu_ps,
 );
 
-/// `fastmath::dot::<f16>`: 16 partial sums `acc[l] += x[l]·y[l]` (two
-/// registers of 8: lanes 0–7 and 8–15), then the same pairwise fold, plus
-/// the tail summed in order.
+/// `fastmath::dot`: 16 partial sums `acc[l] += x[l]·y[l]` (two registers
+/// of 8: lanes 0–7 and 8–15; `y` widened as it is loaded), then the same
+/// pairwise fold in registers, plus the tail summed in order: the same bits.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
+pub(super) fn dot<E: Element>(x: &[f32], y: &[E]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_lanes: lengths differ");
     const { assert!(LANES == 2 * W) };
     let n = x.len() / LANES * LANES;
@@ -121,8 +121,8 @@ pub(super) fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
                 _mm256_loadu_ps(x.as_ptr().add(j)),
                 _mm256_loadu_ps(x.as_ptr().add(j + W)),
             );
-            low = _mm256_add_ps(low, _mm256_mul_ps(x0, load_halves(y, j)));
-            high = _mm256_add_ps(high, _mm256_mul_ps(x1, load_halves(y, j + W)));
+            low = _mm256_add_ps(low, _mm256_mul_ps(x0, load8(y, j)));
+            high = _mm256_add_ps(high, _mm256_mul_ps(x1, load8(y, j + W)));
         }
     }
     fold_pair(low, high) + tail
