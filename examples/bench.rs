@@ -881,8 +881,8 @@ impl Copied {
 /// (`checkpoint/safetensors.rs`), one just written stays in 4 KB pages. On
 /// the virtual machines of `docs/bench.md` the same buffer in 4 KB pages
 /// (what this measurement read until 2026-12-04, kept as
-/// `read_bandwidth_4k_gbs`) read 34–35 against 36–37 GB/s at the host's
-/// slow level and 45–50 against 55–62 at its fast one: each miss of the TLB
+/// `read_bandwidth_4k_gbs`) read 32–35 against 35–38 GB/s at the host's
+/// slow level and 46–53 against 58–63 at its fast one: each miss of the TLB
 /// costs a walk of two page tables there.
 fn probe_buffer() -> &'static [f32] {
     static DATA: std::sync::OnceLock<memmap2::MmapMut> = std::sync::OnceLock::new();

@@ -84,8 +84,8 @@ pub fn read_safetensors(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tens
 /// What it buys was measured on a virtual machine (AMD EPYC Zen 4, 2
 /// threads, Linux 6.18, transparent huge pages on `madvise`), where a miss
 /// of the TLB costs a walk of two page tables: the bench's 1 GiB read ran at
-/// 36–37 GB/s in 2 MB pages against 34–35 in 4 KB ones when the host's
-/// bandwidth was low, 55–62 against 45–50 when it was high, and greedy
+/// 35–38 GB/s in 2 MB pages against 32–35 in 4 KB ones when the host's
+/// bandwidth was low, 58–63 against 46–53 when it was high, and greedy
 /// decoding of GPT-2 small read its weights 3–7% faster from a page cache in
 /// 2 MB pages than from one in 4 KB pages, f32 and f16 alike (`docs/bench.md`,
 /// section "Huge pages"). Read cold without the advice, the file was mapped
