@@ -878,7 +878,8 @@ impl Copied {
 /// refused without changing anything by a kernel that has none), so that the
 /// reading is the most this machine reads, whatever pages the weights are
 /// in: a model file read from disk at load is mapped in 2 MB pages too
-/// (`checkpoint/safetensors.rs`), one just written stays in 4 KB pages. On
+/// (`checkpoint/safetensors.rs`), one just written keeps the pages its
+/// writes left (see [`evict_from_page_cache`]). On
 /// the virtual machines of `docs/bench.md` the same buffer in 4 KB pages
 /// (what this measurement read until 2026-12-04, kept as
 /// `read_bandwidth_4k_gbs`) read 32–35 against 35–38 GB/s at the host's

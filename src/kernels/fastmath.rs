@@ -28,10 +28,10 @@ pub(crate) const LANES: usize = 16;
 /// pairwise tree against the loop that filled `acc` and compiles that loop
 /// with two-lane vectors (measured: 10–20% slower at streaming a large
 /// buffer); out of line, the loop gets the full vector width. It runs once per
-/// reduction, which matters only for many short ones: the dot products of the
-/// matrix–vector kernel's columns (the head) have twins with AVX-512 and AVX2
-/// that fold the same way without leaving the registers
-/// (`half_avx512::fold_in_register`, `half_f16c::fold_pair`).
+/// reduction. (The dot products of the matrix–vector kernel's columns, the
+/// head's, have twins with AVX-512 and AVX2 that fold the same way without
+/// leaving the registers: `half_avx512::fold_in_register`,
+/// `half_f16c::fold_pair`.)
 #[inline(never)]
 fn fold_lanes(mut acc: [f32; LANES], combine: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES;

@@ -1137,10 +1137,10 @@ simd_targets! {
 /// [`dot_columns`] on x86 with AVX-512 or AVX2: the level's own dot product
 /// (`half_avx512::dot` or `half_f16c::dot`: the same arithmetic, the lanes
 /// folded in registers, `f16` widened by the hardware, `bf16` by a shift),
-/// for columns of any stored type; `None` below AVX2. Each dot product is
-/// short (768 values for GPT-2's head: 48 vectors of 16), so the fold that
-/// the portable loop makes out of line, through memory, weighed: the head
-/// of a decoding step makes 50 257 of them.
+/// for columns of any stored type; `None` below AVX2. Until 9bca723 only
+/// `f16` columns took it: the head of `bf16` weights, then in the portable
+/// loop, now reads 15–25% faster at the host's fast level, that of `f32`
+/// weights no faster or slower measurably (`docs/bench.md`, "Huge pages").
 #[cfg(target_arch = "x86_64")]
 fn dot_columns_x86<E: Element>(
     rows: &[&[f32]],
