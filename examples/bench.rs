@@ -225,10 +225,7 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
     eprintln!("kernels: {paths:?}");
     let mut runs = Vec::new();
     // Drawn between measurements only (no ticking thread to disturb them).
-    let bar = common::progress(
-        (args.threads.len() * args.dtypes.len() * STEPS + 1) as u64,
-        false,
-    );
+    let bar = common::progress((args.threads.len() * args.dtypes.len() * STEPS + 1) as u64);
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -170,7 +170,7 @@ fn generate_file(
 
     // On stderr, so beside the JSON lines too; hidden whenever stderr is not
     // a terminal. Each result is written with the bar suspended.
-    let bar = common::progress((prompts.len() * options.max_new_tokens) as u64, false);
+    let bar = common::progress((prompts.len() * options.max_new_tokens) as u64);
     bar.set_message("tokens");
     let start = Instant::now();
     let mut generated_tokens = 0;

@@ -70,7 +70,7 @@ fn try_main() -> Result<()> {
         ids.len(),
         model.config.n_positions
     );
-    let bar = common::progress(0, false).with_message("windows");
+    let bar = common::progress(0).with_message("windows");
     let result = perplexity(&model, &ids, stride, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

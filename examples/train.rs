@@ -155,7 +155,7 @@ fn run(args: Args) -> Result<()> {
         tokens.len(),
         trainer.train_tokens()
     );
-    let bar = common::progress(steps as u64, false);
+    let bar = common::progress(steps as u64);
     let mut seconds = Vec::with_capacity(steps);
     let mut first_loss = None;
     let mut last_loss = f32::NAN;

@@ -53,13 +53,10 @@ pub fn one_line(error: &anyhow::Error) -> String {
 }
 
 /// A progress bar on stderr for `len` steps of work that takes more than a
-/// second or two, hidden when `hidden` (e.g. `--json`) and, as indicatif's
-/// stderr target always is, when stderr is not a terminal (a pipe, a file,
-/// CI), so that only results reach the output.
-pub fn progress(len: u64, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
+/// second or two, hidden, as indicatif's stderr target always is, when
+/// stderr is not a terminal (a pipe, a file, CI), so that only results reach
+/// the output.
+pub fn progress(len: u64) -> ProgressBar {
     let style = ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg} ({elapsed})")
         .expect("a valid template")
         .progress_chars("#>-");
