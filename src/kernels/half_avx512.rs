@@ -20,11 +20,11 @@ use std::arch::x86_64::{
 };
 
 use half::f16;
-use ndarray::ArrayView2;
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::x86_scaled_row_passes;
+use super::gemm::{x86_scaled_row_passes, Output};
 
 /// Lanes of one AVX-512 register of `f32`s.
 const W: usize = 16;
@@ -128,6 +128,18 @@ pub(super) fn dot<E: Element>(x: &[f32], y: &[E]) -> f32 {
         }
     }
     fold_in_register(acc) + tail
+}
+
+/// `gemm::dot_columns` at this level: [`dot`] inlined into the loop over
+/// the columns (`gemm::dot_columns_by`).
+#[target_feature(enable = "avx512f")]
+pub(super) fn dot_columns<E: Element>(
+    rows: &[&[f32]],
+    b_band: ArrayView2<E>,
+    c_band: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    super::gemm::dot_columns_by(rows, b_band, c_band, output, |x, y| dot(x, y))
 }
 
 /// `fastmath::fold_lanes(acc, +)` without leaving the registers: the same

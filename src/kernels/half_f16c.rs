@@ -19,11 +19,11 @@ use std::arch::x86_64::{
 };
 
 use half::f16;
-use ndarray::ArrayView2;
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::convert::Element;
 use super::fastmath::LANES;
-use super::gemm::x86_scaled_row_passes;
+use super::gemm::{x86_scaled_row_passes, Output};
 
 /// Lanes of one AVX register of `f32`s.
 const W: usize = 8;
@@ -126,6 +126,18 @@ pub(super) fn dot<E: Element>(x: &[f32], y: &[E]) -> f32 {
         }
     }
     fold_pair(low, high) + tail
+}
+
+/// `gemm::dot_columns` at this level: [`dot`] inlined into the loop over
+/// the columns (`gemm::dot_columns_by`).
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn dot_columns<E: Element>(
+    rows: &[&[f32]],
+    b_band: ArrayView2<E>,
+    c_band: ArrayViewMut2<f32>,
+    output: Output,
+) {
+    super::gemm::dot_columns_by(rows, b_band, c_band, output, |x, y| dot(x, y))
 }
 
 /// `fastmath::fold_lanes(acc, +)` of the 16 lane sums held as lanes 0–7
