@@ -989,6 +989,7 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
 /// into the L2 cache: one pass of [`ROWS_PER_PASS`] ahead (72–96 KB of
 /// GPT-2's `f32` weights). The hardware prefetcher alone left each core's
 /// stream of weights short of what the memory gives.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 passes only
 pub(super) const GEMV_PREFETCH_ROWS: usize = 8;
 
 /// How far ahead the passes over narrow rows of `f32` weights (at most
@@ -998,6 +999,7 @@ pub(super) const GEMV_PREFETCH_ROWS: usize = 8;
 /// host's fast level; AMD EPYC Zen 4, 2 threads, alternated in one
 /// process). Narrow rows of half-precision weights, read one at a time, ask
 /// [`GEMV_PREFETCH_ROWS`] ahead.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 passes only
 pub(super) const NARROW_PREFETCH_ROWS: usize = 3 * ROWS_PER_PASS;
 
 /// For a pass at column `j` over `R` rows of `rows` from row `first`: ask
@@ -1005,6 +1007,7 @@ pub(super) const NARROW_PREFETCH_ROWS: usize = 3 * ROWS_PER_PASS;
 /// (nothing for a `j` inside a line already asked for). Rows past the end
 /// are asked for too: a hint, never a fault.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // called by the x86 passes only
 pub(super) fn prefetch_rows<const R: usize, E>(rows: &ArrayView2<E>, first: usize, j: usize) {
     let line = (64 / std::mem::size_of::<E>().max(1)).max(1); // values in a cache line
     if j.is_multiple_of(line) {
@@ -1315,9 +1318,9 @@ pub(super) fn by_column_bands<E: Element>(
 /// front to back, and a thread that is done takes half of what another has
 /// left. Over the 154 MB of an `f32` `wteᵀ`, one row, with the same dot
 /// product per column: a parallel iterator over the bands (rayon's adaptive
-/// split, as before) read 0.79–0.92 of the bandwidth reading, this split
-/// 0.95–0.99 (the host's fast level; AMD EPYC Zen 4, 2 threads, alternated
-/// in one process).
+/// split, as before) read 0.74–0.95 of the bandwidth reading, this split
+/// 0.92–1.05 (the host's fast level, 75 runs; AMD EPYC Zen 4, 2 threads,
+/// alternated in one process; `docs/bench.md`, "fast-level kernels").
 fn split_bands<E: Element>(
     b: ArrayView2<E>,
     c: ArrayViewMut2<f32>,
