@@ -1235,15 +1235,13 @@ pub(super) fn dot_columns_by<E: Element>(
     output: Output,
     dot: impl Fn(&[f32], &[E]) -> f32,
 ) {
-    let k = b_band.nrows();
-    // The band's columns one after the other in memory (`wteᵀ`'s are):
-    // sliced from one slice, without an iterator of views.
-    let adjacent = (b_band.strides()[1] == k as isize)
-        .then(|| b_band.as_slice_memory_order())
-        .flatten();
-    match adjacent {
+    // The band's columns one after the other in memory (`wteᵀ`'s are: its
+    // transpose is in standard layout), sliced from one slice without an
+    // iterator of views.
+    let transposed = b_band.t();
+    match transposed.to_slice() {
         Some(columns) => {
-            for (j, column) in columns.chunks_exact(k.max(1)).enumerate() {
+            for (j, column) in columns.chunks_exact(b_band.nrows().max(1)).enumerate() {
                 for (t, row) in rows.iter().enumerate() {
                     output.store(&mut c_band[[t, j]], dot(row, column));
                 }
