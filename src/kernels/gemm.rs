@@ -894,13 +894,14 @@ simd_targets! {
     /// GPT-2's shapes (`examples/bench.rs --case decode-profile`): rows of
     /// at most [`NARROW`] weights (`attn.c_proj`, `mlp.c_proj`: 3 KB) are
     /// added one at a time, each `acc + x·w` (the x86 passes read
-    /// [`ROWS_PER_PASS`] rows of `f32` weights at once with this arithmetic,
-    /// each sum loaded and stored once for all of them: one long narrow
-    /// product then read 0.75–0.77 of the bandwidth reading instead of
-    /// 0.67–0.69 a row at a time; rows of half-precision weights, 1.5 KB,
-    /// read 0.83–0.89 one at a time and 0.74–0.81 eight at once, so they
-    /// are read one at a time; the host's fast level, AMD EPYC Zen 4,
-    /// AVX-512, 2 threads, alternated); wider rows (`c_attn`, `c_fc`:
+    /// [`NARROW_ROWS_PER_PASS`] rows of `f32` weights at once with this
+    /// arithmetic, two vectors of columns a step, each sum loaded and stored
+    /// once for all of them: one long narrow product of 8 rows at once read
+    /// 0.75–0.77 of the bandwidth reading instead of 0.67–0.69 a row at a
+    /// time, and 16 rows two vectors a step read more again; rows of
+    /// half-precision weights, 1.5 KB, read 0.83–0.89 one at a time and
+    /// 0.74–0.81 eight at once, so they are read one at a time; the host's
+    /// fast level, AMD EPYC Zen 4, AVX-512, 2 threads, alternated); wider rows (`c_attn`, `c_fc`:
     /// 9–12 KB, where a pass per row would move as many bytes of `acc`
     /// through the L1 cache as of weights) [`ROWS_PER_PASS`] at a time, each
     /// pass `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)`.
@@ -948,7 +949,7 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
         macro_rules! passes {
             ($level:ident) => {
                 match (n <= NARROW, std::mem::size_of::<E>() == 4) {
-                    (true, true) => $level::scaled_row_passes::<R, true, M, E>(
+                    (true, true) => $level::scaled_row_passes::<NARROW_ROWS_PER_PASS, true, M, E>(
                         acc,
                         rows,
                         xs,
@@ -992,15 +993,30 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 passes only
 pub(super) const GEMV_PREFETCH_ROWS: usize = 8;
 
-/// How far ahead the passes over narrow rows of `f32` weights (at most
-/// [`NARROW`]) ask for the rows they will read: three passes (72 KB of
-/// GPT-2's weights). A long narrow product read 0.75–0.77 of the bandwidth
-/// reading one pass ahead, 0.75–0.78 two, 0.77–0.81 three or four (the
-/// host's fast level; AMD EPYC Zen 4, 2 threads, alternated in one
-/// process). Narrow rows of half-precision weights, read one at a time, ask
-/// [`GEMV_PREFETCH_ROWS`] ahead.
+/// Rows of `f32` weights that the x86 passes over narrow rows (at most
+/// [`NARROW`]) read at once, with the arithmetic of one row a pass, two
+/// vectors of columns a step (each row's two cache lines read back to
+/// back). The passes re-written outside the crate, over one long narrow
+/// product in 64-row blocks (`f32`, rows of 768, a 2 MB-page map), as a
+/// fraction of a plain sum of the same bytes, one thread: 8 rows one vector
+/// a step (the passes until 2026-12-05) 0.74–0.79, 8 rows two vectors 0.80,
+/// 16 rows one vector 0.81, **16 rows two vectors 0.83–0.84**, 16 rows four
+/// vectors 0.77, 32 rows two vectors 0.72; two threads at the host's fast
+/// level (65 GB/s), 0.75 (8 rows) against 0.85 (16, two vectors). In the
+/// crate (`bench --case decode-profile`, old and new alternated), one
+/// thread: `mlp.c_proj` 0.74–0.76 → 0.78–0.82 of the reading, a whole step
+/// 0.813–0.817 → 0.832–0.837. AMD EPYC Zen 4, AVX-512.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 passes only
-pub(super) const NARROW_PREFETCH_ROWS: usize = 3 * ROWS_PER_PASS;
+const NARROW_ROWS_PER_PASS: usize = 16;
+
+/// How far ahead the passes over narrow rows of `f32` weights ask for the
+/// rows they will read: 24 rows (72 KB of GPT-2's weights), a pass and a
+/// half of [`NARROW_ROWS_PER_PASS`]. With 16 rows a pass, one thread's long
+/// narrow product read 0.79–0.80 of its plain sum asking 16 rows ahead,
+/// 0.83–0.84 at 24, 0.82 at 32 (as above). Narrow rows of half-precision
+/// weights, read one at a time, ask [`GEMV_PREFETCH_ROWS`] ahead.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 passes only
+pub(super) const NARROW_PREFETCH_ROWS: usize = 24;
 
 /// For a pass at column `j` over `R` rows of `rows` from row `first`: ask
 /// for the cache line at column `j` of rows `first..first + R`, once a line
@@ -1026,7 +1042,8 @@ pub(super) fn prefetch_rows<const R: usize, E>(rows: &ArrayView2<E>, first: usiz
 /// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
 /// `acc[t] + (x₀w₀ + x₁w₁ + …)`, or with `CHAINED` the arithmetic of one
 /// row a pass, `acc[t] + x₀w₀ + x₁w₁ + …` (each addition rounded in turn)
-/// with one load and one store of the sums a pass instead of `R`; the last
+/// with one load and one store of the sums a pass instead of `R` (over
+/// `f32` rows two vectors of columns a step: [`NARROW_ROWS_PER_PASS`]); the last
 /// rows one by one, `acc[t] + xᵢwᵢ`; the weights of any stored type widened
 /// as they are loaded (`$load`), once for all `M` sums, each sum getting
 /// the arithmetic it gets alone. Each cache line of a pass's rows is first
@@ -1070,50 +1087,94 @@ macro_rules! x86_scaled_row_passes {
             let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
             let vectors = n / $w * $w;
             let mut i = 0;
+            // The rows as `f32`s, for the chained passes' two-vector steps.
+            let rows32 = E::view_f32(rows).filter(|_| CHAINED);
             while i + R <= k {
-                let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
                 let x: [[f32; R]; M] =
                     std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
                 let xv: [[$vec; R]; M] =
                     std::array::from_fn(|t| std::array::from_fn(|r| $set1(x[t][r])));
-                for j in (0..vectors).step_by($w) {
-                    super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j);
-                    // SAFETY: every row has n values, acc has M·n (asserted
-                    // above), and j + lanes <= n; the target features of
-                    // this function are enabled.
-                    unsafe {
-                        let wv: [$vec; R] = std::array::from_fn(|r| $load(w[r], j));
-                        for (t, xv) in xv.iter().enumerate() {
-                            let y = acc.as_mut_ptr().add(t * n + j);
-                            let sum = if CHAINED {
-                                let mut sum = $loadu(y);
-                                for r in 0..R {
-                                    sum = $add(sum, $mul(xv[r], wv[r]));
+                // Chained passes over `f32` rows: two vectors of columns a
+                // step, each row's two cache lines read back to back, every
+                // row addressed from the pass's first (see
+                // `NARROW_ROWS_PER_PASS`).
+                let mut j = 0;
+                if let Some(rows32) = &rows32 {
+                    let stride = rows32.strides()[0];
+                    let first = rows32.as_ptr().wrapping_offset(i as isize * stride);
+                    while j + 2 * $w <= vectors {
+                        // SAFETY: rows i..i + R each have n values from
+                        // `first` + r·stride, acc has M·n (asserted above),
+                        // and j + 2·lanes <= n; the target features of this
+                        // function are enabled.
+                        unsafe {
+                            let y: [*mut f32; M] =
+                                std::array::from_fn(|t| acc.as_mut_ptr().add(t * n + j));
+                            let mut sums: [[$vec; 2]; M] =
+                                std::array::from_fn(|t| [$loadu(y[t]), $loadu(y[t].add($w))]);
+                            for r in 0..R {
+                                let p = first.offset(r as isize * stride).add(j);
+                                // Asked for once a cache line of 16.
+                                let later = p.wrapping_offset(ahead as isize * stride);
+                                for line in (0..2 * $w).step_by(16) {
+                                    super::simd::prefetch_l2(later.wrapping_add(line));
                                 }
-                                sum
-                            } else {
-                                let mut s = $mul(xv[0], wv[0]);
-                                for r in 1..R {
-                                    s = $add(s, $mul(xv[r], wv[r]));
+                                let (w0, w1) = ($loadu(p), $loadu(p.add($w)));
+                                for (sum, xv) in sums.iter_mut().zip(&xv) {
+                                    sum[0] = $add(sum[0], $mul(xv[r], w0));
+                                    sum[1] = $add(sum[1], $mul(xv[r], w1));
                                 }
-                                $add($loadu(y), s)
-                            };
-                            $storeu(y, sum);
+                            }
+                            for (y, sum) in y.into_iter().zip(sums) {
+                                $storeu(y, sum[0]);
+                                $storeu(y.add($w), sum[1]);
+                            }
                         }
+                        j += 2 * $w;
                     }
                 }
-                for (x, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
-                    for (j, y) in acc.iter_mut().enumerate().skip(vectors) {
-                        if CHAINED {
-                            for r in 0..R {
-                                *y += x[r] * w[r][j].to_f32();
+                // The columns left: one vector a step, then one at a time.
+                if j < n {
+                    let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
+                    for j in (j..vectors).step_by($w) {
+                        super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j);
+                        // SAFETY: every row has n values, acc has M·n (asserted
+                        // above), and j + lanes <= n; the target features of
+                        // this function are enabled.
+                        unsafe {
+                            let wv: [$vec; R] = std::array::from_fn(|r| $load(w[r], j));
+                            for (t, xv) in xv.iter().enumerate() {
+                                let y = acc.as_mut_ptr().add(t * n + j);
+                                let sum = if CHAINED {
+                                    let mut sum = $loadu(y);
+                                    for r in 0..R {
+                                        sum = $add(sum, $mul(xv[r], wv[r]));
+                                    }
+                                    sum
+                                } else {
+                                    let mut s = $mul(xv[0], wv[0]);
+                                    for r in 1..R {
+                                        s = $add(s, $mul(xv[r], wv[r]));
+                                    }
+                                    $add($loadu(y), s)
+                                };
+                                $storeu(y, sum);
                             }
-                        } else {
-                            let mut s = x[0] * w[0][j].to_f32();
-                            for r in 1..R {
-                                s += x[r] * w[r][j].to_f32();
+                        }
+                    }
+                    for (x, acc) in x.iter().zip(acc.chunks_exact_mut(n)) {
+                        for (j, y) in acc.iter_mut().enumerate().skip(vectors) {
+                            if CHAINED {
+                                for r in 0..R {
+                                    *y += x[r] * w[r][j].to_f32();
+                                }
+                            } else {
+                                let mut s = x[0] * w[0][j].to_f32();
+                                for r in 1..R {
+                                    s += x[r] * w[r][j].to_f32();
+                                }
+                                *y += s;
                             }
-                            *y += s;
                         }
                     }
                 }
