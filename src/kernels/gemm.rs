@@ -1087,26 +1087,24 @@ macro_rules! x86_scaled_row_passes {
             let row = |i: usize| rows.row(i).to_slice().expect("unit column stride");
             let vectors = n / $w * $w;
             let mut i = 0;
-            // The rows as `f32`s, for the chained passes' two-vector steps.
-            let rows32 = E::view_f32(rows).filter(|_| CHAINED);
             while i + R <= k {
                 let x: [[f32; R]; M] =
                     std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
                 let xv: [[$vec; R]; M] =
                     std::array::from_fn(|t| std::array::from_fn(|r| $set1(x[t][r])));
-                // Chained passes over `f32` rows: two vectors of columns a
-                // step, each row's two cache lines read back to back, every
-                // row addressed from the pass's first (see
-                // `NARROW_ROWS_PER_PASS`).
+                // Chained passes: two vectors of columns a step, each row's
+                // two vectors read back to back, every row addressed from
+                // the pass's first (see `NARROW_ROWS_PER_PASS`).
                 let mut j = 0;
-                if let Some(rows32) = &rows32 {
-                    let stride = rows32.strides()[0];
-                    let first = rows32.as_ptr().wrapping_offset(i as isize * stride);
+                if CHAINED {
+                    let stride = rows.strides()[0];
+                    let first = rows.as_ptr().wrapping_offset(i as isize * stride);
                     while j + 2 * $w <= vectors {
                         // SAFETY: rows i..i + R each have n values from
-                        // `first` + r·stride, acc has M·n (asserted above),
-                        // and j + 2·lanes <= n; the target features of this
-                        // function are enabled.
+                        // `first` + r·stride, so with j + 2·lanes <= n each
+                        // `pair` lies inside its row; acc has M·n (asserted
+                        // above); the target features of this function are
+                        // enabled.
                         unsafe {
                             let y: [*mut f32; M] =
                                 std::array::from_fn(|t| acc.as_mut_ptr().add(t * n + j));
@@ -1114,12 +1112,13 @@ macro_rules! x86_scaled_row_passes {
                                 std::array::from_fn(|t| [$loadu(y[t]), $loadu(y[t].add($w))]);
                             for r in 0..R {
                                 let p = first.offset(r as isize * stride).add(j);
-                                // Asked for once a cache line of 16.
+                                // Asked for once a cache line.
                                 let later = p.wrapping_offset(ahead as isize * stride);
-                                for line in (0..2 * $w).step_by(16) {
+                                for line in (0..2 * $w).step_by(64 / std::mem::size_of::<E>()) {
                                     super::simd::prefetch_l2(later.wrapping_add(line));
                                 }
-                                let (w0, w1) = ($loadu(p), $loadu(p.add($w)));
+                                let pair = std::slice::from_raw_parts(p, 2 * $w);
+                                let (w0, w1) = ($load(pair, 0), $load(pair, $w));
                                 for (sum, xv) in sums.iter_mut().zip(&xv) {
                                     sum[0] = $add(sum[0], $mul(xv[r], w0));
                                     sum[1] = $add(sum[1], $mul(xv[r], w1));
