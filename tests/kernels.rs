@@ -218,6 +218,8 @@ fn the_levels_agree_bit_for_bit() {
             (1, 768, 2304),
             (1, 131, 768),
             (1, 131, 400),
+            (1, 37, 1077),
+            (2, 37, 1064),
             (3, 301, 517),
             (7, 100, 400),
             (30, 77, 1000),
@@ -497,7 +499,14 @@ fn the_matrix_vector_kernel_gives_each_row_of_a_batch_the_bits_it_gets_alone() {
     use gpt2_ndarray::kernels::gemm::GEMV_MAX_ROWS;
     assert_eq!(GEMV_MAX_ROWS, 4, "update the row counts below");
     at_every_level(|level| {
-        for (k, n) in [(7, 5), (45, 1030), (150, 777), (131, 400), (70, 2304)] {
+        for (k, n) in [
+            (7, 5),
+            (45, 1030),
+            (37, 1077),
+            (150, 777),
+            (131, 400),
+            (70, 2304),
+        ] {
             for m in 2..=GEMV_MAX_ROWS {
                 let a = random(m, k, 41);
                 for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {

@@ -904,7 +904,8 @@ simd_targets! {
     /// fast level, AMD EPYC Zen 4, AVX-512, 2 threads, alternated); wider rows (`c_attn`, `c_fc`:
     /// 9–12 KB, where a pass per row would move as many bytes of `acc`
     /// through the L1 cache as of weights) [`ROWS_PER_PASS`] at a time, each
-    /// pass `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)`.
+    /// pass `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)` (the x86 passes over `f32`
+    /// weights two vectors of columns a step: [`wide_two_vectors`]).
     fn add_scaled_rows<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
         if acc.len() <= NARROW {
             scaled_row_passes::<1, E>(acc, rows, xs)
@@ -985,6 +986,20 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
     }
 }
 
+/// Whether the x86 passes of separate sums (wide rows: `c_attn`, `c_fc`) over
+/// weights of type `E` take two vectors of columns a step rather than one
+/// (each sum's arithmetic unchanged): for `f32` weights only. One thread,
+/// `bench --case decode-profile`, ten alternations of the binaries before
+/// and after (AMD EPYC Zen 4, AVX-512, 2026-12-05): `f32` the step
+/// 0.853–0.872 → 0.863–0.880 of the reading (faster in eight of ten),
+/// `c_attn` 0.86 → 0.88 (medians), `c_fc` level; `f16` `c_attn` 0.83–0.87 → 0.79–0.83 and
+/// `c_fc` 0.82–0.86 → 0.78–0.80 (five alternations), so half weights keep one
+/// vector a step.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // called by the x86 passes only
+pub(super) const fn wide_two_vectors<E>() -> bool {
+    std::mem::size_of::<E>() == 4
+}
+
 /// How far ahead (in rows of weights) the AVX-512 and AVX2 passes of
 /// [`add_scaled_rows_any`] over wide rows ask for the rows they will read,
 /// into the L2 cache: one pass of [`ROWS_PER_PASS`] ahead (72–96 KB of
@@ -1043,7 +1058,8 @@ pub(super) fn prefetch_rows<const R: usize, E>(rows: &ArrayView2<E>, first: usiz
 /// `acc[t] + (x₀w₀ + x₁w₁ + …)`, or with `CHAINED` the arithmetic of one
 /// row a pass, `acc[t] + x₀w₀ + x₁w₁ + …` (each addition rounded in turn)
 /// with one load and one store of the sums a pass instead of `R` (over
-/// `f32` rows two vectors of columns a step: [`NARROW_ROWS_PER_PASS`]); the last
+/// `f32` rows two vectors of columns a step: [`NARROW_ROWS_PER_PASS`]; without
+/// it, over `f32` rows, two vectors a step too: [`wide_two_vectors`]); the last
 /// rows one by one, `acc[t] + xᵢwᵢ`; the weights of any stored type widened
 /// as they are loaded (`$load`), once for all `M` sums, each sum getting
 /// the arithmetic it gets alone. Each cache line of a pass's rows is first
@@ -1132,9 +1148,34 @@ macro_rules! x86_scaled_row_passes {
                         j += 2 * $w;
                     }
                 }
-                // The columns left: one vector a step, then one at a time.
+                // The columns left: in passes of separate sums, two vectors a
+                // step (see `wide_two_vectors`), then one vector a step, then
+                // one at a time.
                 if j < n {
                     let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
+                    while !CHAINED && super::gemm::wide_two_vectors::<E>() && j + 2 * $w <= vectors
+                    {
+                        super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j);
+                        super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j + $w);
+                        // SAFETY: every row has n values, acc has M·n (asserted
+                        // above), and j + 2·lanes <= n; the target features of
+                        // this function are enabled.
+                        unsafe {
+                            let wv: [[$vec; 2]; R] =
+                                std::array::from_fn(|r| [$load(w[r], j), $load(w[r], j + $w)]);
+                            for (t, xv) in xv.iter().enumerate() {
+                                let y = acc.as_mut_ptr().add(t * n + j);
+                                let mut s = [$mul(xv[0], wv[0][0]), $mul(xv[0], wv[0][1])];
+                                for r in 1..R {
+                                    s[0] = $add(s[0], $mul(xv[r], wv[r][0]));
+                                    s[1] = $add(s[1], $mul(xv[r], wv[r][1]));
+                                }
+                                $storeu(y, $add($loadu(y), s[0]));
+                                $storeu(y.add($w), $add($loadu(y.add($w)), s[1]));
+                            }
+                        }
+                        j += 2 * $w;
+                    }
                     for j in (j..vectors).step_by($w) {
                         super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j);
                         // SAFETY: every row has n values, acc has M·n (asserted
