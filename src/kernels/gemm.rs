@@ -896,16 +896,17 @@ simd_targets! {
     /// added one at a time, each `acc + x·w` (the x86 passes read
     /// [`NARROW_ROWS_PER_PASS`] rows of `f32` weights at once with this
     /// arithmetic, two vectors of columns a step, each sum loaded and stored
-    /// once for all of them: one long narrow product of 8 rows at once read
-    /// 0.75–0.77 of the bandwidth reading instead of 0.67–0.69 a row at a
-    /// time, and 16 rows two vectors a step read more again; rows of
-    /// half-precision weights, 1.5 KB, read 0.83–0.89 one at a time and
-    /// 0.74–0.81 eight at once, so they are read one at a time; the host's
-    /// fast level, AMD EPYC Zen 4, AVX-512, 2 threads, alternated); wider rows (`c_attn`, `c_fc`:
-    /// 9–12 KB, where a pass per row would move as many bytes of `acc`
-    /// through the L1 cache as of weights) [`ROWS_PER_PASS`] at a time, each
-    /// pass `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)` (the x86 passes over `f32`
-    /// weights two vectors of columns a step: [`wide_two_vectors`]).
+    /// once for all of them: one long narrow product, eight rows at once,
+    /// read 0.75–0.77 of the bandwidth reading instead of 0.67–0.69 a row at
+    /// a time, and sixteen rows two vectors a step read more again (see
+    /// there); rows of half-precision weights, 1.5 KB, read 0.83–0.89 one at
+    /// a time and 0.74–0.81 eight at once, so they are read one at a time;
+    /// the host's fast level, AMD EPYC Zen 4, AVX-512, 2 threads,
+    /// alternated); wider rows (`c_attn`, `c_fc`: 9–12 KB, where a pass per
+    /// row would move as many bytes of `acc` through the L1 cache as of
+    /// weights) [`ROWS_PER_PASS`] at a time, each pass
+    /// `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)` (the x86 passes over `f32` weights
+    /// two vectors of columns a step: [`wide_two_vectors`]).
     fn add_scaled_rows<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
         if acc.len() <= NARROW {
             scaled_row_passes::<1, E>(acc, rows, xs)
@@ -992,9 +993,9 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
 /// `bench --case decode-profile`, ten alternations of the binaries before
 /// and after (AMD EPYC Zen 4, AVX-512, 2026-12-05): `f32` the step
 /// 0.853–0.872 → 0.863–0.880 of the reading (faster in eight of ten),
-/// `c_attn` 0.86 → 0.88 (medians), `c_fc` level; `f16` `c_attn` 0.83–0.87 → 0.79–0.83 and
-/// `c_fc` 0.82–0.86 → 0.78–0.80 (five alternations), so half weights keep one
-/// vector a step.
+/// `c_attn` 0.86 → 0.88 (medians), `c_fc` level; `f16` `c_attn` 0.83–0.87
+/// → 0.79–0.83 and `c_fc` 0.82–0.86 → 0.78–0.80 (five alternations), so
+/// half weights keep one vector a step.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // called by the x86 passes only
 pub(super) const fn wide_two_vectors<E>() -> bool {
     std::mem::size_of::<E>() == 4
@@ -1057,9 +1058,9 @@ pub(super) fn prefetch_rows<const R: usize, E>(rows: &ArrayView2<E>, first: usiz
 /// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
 /// `acc[t] + (x₀w₀ + x₁w₁ + …)`, or with `CHAINED` the arithmetic of one
 /// row a pass, `acc[t] + x₀w₀ + x₁w₁ + …` (each addition rounded in turn)
-/// with one load and one store of the sums a pass instead of `R` (over
-/// `f32` rows two vectors of columns a step: [`NARROW_ROWS_PER_PASS`]; without
-/// it, over `f32` rows, two vectors a step too: [`wide_two_vectors`]); the last
+/// with one load and one store of the sums a pass instead of `R` (two
+/// vectors of columns a step: [`NARROW_ROWS_PER_PASS`]; without it, over
+/// `f32` rows, two vectors a step too: [`wide_two_vectors`]); the last
 /// rows one by one, `acc[t] + xᵢwᵢ`; the weights of any stored type widened
 /// as they are loaded (`$load`), once for all `M` sums, each sum getting
 /// the arithmetic it gets alone. Each cache line of a pass's rows is first
