@@ -906,7 +906,7 @@ simd_targets! {
     /// row would move as many bytes of `acc` through the L1 cache as of
     /// weights) [`ROWS_PER_PASS`] at a time, each pass
     /// `acc + (x₀w₀ + x₁w₁ + … + x₇w₇)` (the x86 passes over `f32` weights
-    /// two vectors of columns a step: [`wide_two_vectors`]).
+    /// two vectors of columns a step: see [`add_scaled_rows_of`]).
     fn add_scaled_rows<E: Element>(acc: &mut [f32], rows: ArrayView2<E>, xs: &[f32]) {
         if acc.len() <= NARROW {
             scaled_row_passes::<1, E>(acc, rows, xs)
@@ -947,23 +947,37 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
         use super::{half_avx512, half_f16c};
         const R: usize = ROWS_PER_PASS;
         // Which passes read these rows (`$level` is the level's module): see
-        // `add_scaled_rows` and `NARROW_PREFETCH_ROWS`.
+        // `add_scaled_rows` and `NARROW_PREFETCH_ROWS`. Rows of `f32` weights
+        // are read two vectors of columns a step (`PAIRS`), half ones one: in
+        // the wide passes, one thread, `bench --case decode-profile`, ten
+        // alternations of the binaries with one vector and with two (AMD
+        // EPYC Zen 4, AVX-512, 2026-12-05), `f32` the step 0.853–0.872 →
+        // 0.863–0.880 of the reading (faster in eight of ten), `c_attn` 0.86
+        // → 0.88 (medians), `c_fc` level; `f16` `c_attn` 0.83–0.87 →
+        // 0.79–0.83 and `c_fc` 0.82–0.86 → 0.78–0.80 (five alternations).
         macro_rules! passes {
             ($level:ident) => {
                 match (n <= NARROW, std::mem::size_of::<E>() == 4) {
-                    (true, true) => $level::scaled_row_passes::<NARROW_ROWS_PER_PASS, true, M, E>(
-                        acc,
-                        rows,
-                        xs,
-                        NARROW_PREFETCH_ROWS,
-                    ),
-                    (true, false) => $level::scaled_row_passes::<1, false, M, E>(
+                    (true, true) => $level::scaled_row_passes::<
+                        NARROW_ROWS_PER_PASS,
+                        true,
+                        true,
+                        M,
+                        E,
+                    >(acc, rows, xs, NARROW_PREFETCH_ROWS),
+                    (true, false) => $level::scaled_row_passes::<1, false, false, M, E>(
                         acc,
                         rows,
                         xs,
                         GEMV_PREFETCH_ROWS,
                     ),
-                    (false, _) => $level::scaled_row_passes::<R, false, M, E>(
+                    (false, true) => $level::scaled_row_passes::<R, false, true, M, E>(
+                        acc,
+                        rows,
+                        xs,
+                        GEMV_PREFETCH_ROWS,
+                    ),
+                    (false, false) => $level::scaled_row_passes::<R, false, false, M, E>(
                         acc,
                         rows,
                         xs,
@@ -985,20 +999,6 @@ fn add_scaled_rows_of<const M: usize, E: Element>(
     for (acc, x) in acc.chunks_exact_mut(n.max(1)).zip(xs) {
         add_scaled_rows(acc, rows, x);
     }
-}
-
-/// Whether the x86 passes of separate sums (wide rows: `c_attn`, `c_fc`) over
-/// weights of type `E` take two vectors of columns a step rather than one
-/// (each sum's arithmetic unchanged): for `f32` weights only. One thread,
-/// `bench --case decode-profile`, ten alternations of the binaries before
-/// and after (AMD EPYC Zen 4, AVX-512, 2026-12-05): `f32` the step
-/// 0.853–0.872 → 0.863–0.880 of the reading (faster in eight of ten),
-/// `c_attn` 0.86 → 0.88 (medians), `c_fc` level; `f16` `c_attn` 0.83–0.87
-/// → 0.79–0.83 and `c_fc` 0.82–0.86 → 0.78–0.80 (five alternations), so
-/// half weights keep one vector a step.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // called by the x86 passes only
-pub(super) const fn wide_two_vectors<E>() -> bool {
-    std::mem::size_of::<E>() == 4
 }
 
 /// How far ahead (in rows of weights) the AVX-512 and AVX2 passes of
@@ -1051,16 +1051,17 @@ pub(super) fn prefetch_rows<const R: usize, E>(rows: &ArrayView2<E>, first: usiz
     }
 }
 
-/// Defines `scaled_row_passes::<R, CHAINED, M, E>` for one x86 SIMD level
+/// Defines `scaled_row_passes::<R, CHAINED, PAIRS, M, E>` for one x86 SIMD level
 /// (used by `half_avx512.rs` and `half_f16c.rs`, each with its own vector
 /// type and intrinsics): the passes of [`scaled_row_passes`] for `M` sums at
 /// once (`acc` holds them one after the other, `xs` their inputs): each
 /// `acc[t] += Σᵢ xs[t][i] · rows[i]`, `R` rows per pass, each pass
 /// `acc[t] + (x₀w₀ + x₁w₁ + …)`, or with `CHAINED` the arithmetic of one
 /// row a pass, `acc[t] + x₀w₀ + x₁w₁ + …` (each addition rounded in turn)
-/// with one load and one store of the sums a pass instead of `R` (two
-/// vectors of columns a step: [`NARROW_ROWS_PER_PASS`]; without it, over
-/// `f32` rows, two vectors a step too: [`wide_two_vectors`]); the last
+/// with one load and one store of the sums a pass instead of `R`; with
+/// `PAIRS` two vectors of columns a step, then one (each row's two vectors
+/// read back to back; the chained passes address every row from the pass's
+/// first: [`NARROW_ROWS_PER_PASS`]); the last
 /// rows one by one, `acc[t] + xᵢwᵢ`; the weights of any stored type widened
 /// as they are loaded (`$load`), once for all `M` sums, each sum getting
 /// the arithmetic it gets alone. Each cache line of a pass's rows is first
@@ -1084,6 +1085,7 @@ macro_rules! x86_scaled_row_passes {
         pub(super) fn scaled_row_passes<
             const R: usize,
             const CHAINED: bool,
+            const PAIRS: bool,
             const M: usize,
             E: Element,
         >(
@@ -1109,11 +1111,10 @@ macro_rules! x86_scaled_row_passes {
                     std::array::from_fn(|t| std::array::from_fn(|r| xs[t][i + r]));
                 let xv: [[$vec; R]; M] =
                     std::array::from_fn(|t| std::array::from_fn(|r| $set1(x[t][r])));
-                // Chained passes: two vectors of columns a step, each row's
-                // two vectors read back to back, every row addressed from
-                // the pass's first (see `NARROW_ROWS_PER_PASS`).
+                // Chained passes in pairs of vectors, every row addressed
+                // from the pass's first (see `NARROW_ROWS_PER_PASS`).
                 let mut j = 0;
-                if CHAINED {
+                if CHAINED && PAIRS {
                     let stride = rows.strides()[0];
                     let first = rows.as_ptr().wrapping_offset(i as isize * stride);
                     while j + 2 * $w <= vectors {
@@ -1149,13 +1150,11 @@ macro_rules! x86_scaled_row_passes {
                         j += 2 * $w;
                     }
                 }
-                // The columns left: in passes of separate sums, two vectors a
-                // step (see `wide_two_vectors`), then one vector a step, then
-                // one at a time.
+                // The columns left: in passes of separate sums in pairs of
+                // vectors, then one vector a step, then one at a time.
                 if j < n {
                     let w: [&[E]; R] = std::array::from_fn(|r| row(i + r));
-                    while !CHAINED && super::gemm::wide_two_vectors::<E>() && j + 2 * $w <= vectors
-                    {
+                    while !CHAINED && PAIRS && j + 2 * $w <= vectors {
                         super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j);
                         super::gemm::prefetch_rows::<R, E>(&rows, i + ahead, j + $w);
                         // SAFETY: every row has n values, acc has M·n (asserted
