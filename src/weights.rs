@@ -29,7 +29,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use half::slice::HalfBitsSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, CowArray, Ix1, Ix2};
 
@@ -155,6 +155,21 @@ impl<'a> Stored<'a> {
             Stored::F32(w) => w.dim(),
             Stored::F16(w) => w.dim(),
             Stored::BF16(w) => w.dim(),
+        }
+    }
+
+    /// The bytes of the values as they lie in memory, row-major; `None` for
+    /// a view that is not contiguous in that order (a transpose). For the
+    /// kernels that ask for weights to be fetched ahead of their use.
+    pub(crate) fn bytes(self) -> Option<&'a [u8]> {
+        match self {
+            Stored::F32(w) => w.to_slice().map(bytemuck::cast_slice),
+            Stored::F16(w) => w
+                .to_slice()
+                .map(|h| bytemuck::cast_slice(h.reinterpret_cast())),
+            Stored::BF16(w) => w
+                .to_slice()
+                .map(|h| bytemuck::cast_slice(h.reinterpret_cast())),
         }
     }
 }

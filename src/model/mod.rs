@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use crate::checkpoint::Dtype;
 use crate::config::Config;
 use crate::intervention::{Hooks, Interventions};
-use crate::kernels::{attend, conv1d, layer_norm, matmul_weight, AttentionMaps};
+use crate::kernels::attention::attend_fetching;
+use crate::kernels::{conv1d, layer_norm, matmul_weight, AttentionMaps};
 use crate::trace::Trace;
 use crate::weights::{Conv1D, LayerNorm, Matrix};
 
@@ -602,7 +603,9 @@ impl Gpt2 {
                 }
                 None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
             };
-            self.attend(i, q, &query_rows, sequences, trace) // [T, C]
+            // The projection's weights are fetched while a decoding step attends.
+            let next = attn.c_proj.weight.stored().bytes().unwrap_or_default();
+            self.attend(i, q, &query_rows, sequences, next, trace) // [T, C]
         };
         hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
         trace.record_in(i, "attn.merged", merged.view());
@@ -621,12 +624,19 @@ impl Gpt2 {
     /// the result `[T, C]`; sequences and heads in parallel. A trace of one
     /// sequence may also ask for `q`, `k`, `v` `[n_head, T, d]` and the maps
     /// `[n_head, Tq, Tk]`: the same kernel then keeps them as it goes.
+    ///
+    /// `next`, the bytes read right after (the output projection's weights),
+    /// is asked for into the cache meanwhile by the attention of one query
+    /// of one sequence (a decoding step; a hint, see
+    /// [`kernels::attention`](crate::kernels::attention)).
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         i: usize,
         q: ArrayView2<f32>,
         query_rows: &[Range<usize>],
         sequences: &[Sequence<'_>],
+        next: &[u8],
         trace: &mut Trace,
     ) -> Array2<f32> {
         let (n_head, scale) = (self.config.n_head, self.config.attention_scale(i));
@@ -655,6 +665,8 @@ impl Gpt2 {
             _ => false,
         };
 
+        // Not measured for several sequences at once: fetched for one only.
+        let next = if sequences.len() == 1 { next } else { &[] };
         let mut heads: Vec<(Array2<f32>, Option<AttentionMaps>)> = sequences
             .par_iter()
             .zip(query_rows)
@@ -665,9 +677,15 @@ impl Gpt2 {
                 let q = q.slice(s![rows.clone(), ..]);
                 let mask = seq.cache.key_mask();
                 match seq.cache.stored(i) {
-                    Stored::F32(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
-                    Stored::F16(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
-                    Stored::BF16(k, v) => attend(q, k, v, n_head, scale, mask, keep_maps),
+                    Stored::F32(k, v) => {
+                        attend_fetching(q, k, v, n_head, scale, mask, keep_maps, next)
+                    }
+                    Stored::F16(k, v) => {
+                        attend_fetching(q, k, v, n_head, scale, mask, keep_maps, next)
+                    }
+                    Stored::BF16(k, v) => {
+                        attend_fetching(q, k, v, n_head, scale, mask, keep_maps, next)
+                    }
                 }
             })
             .collect();
