@@ -326,9 +326,9 @@ const KV_PREFETCH_ROWS: usize = 4;
 
 /// How much of the weights read after a decoding step's attention (see
 /// [`attend_one`]) each group of heads asks for while it attends: the first
-/// 192 KB of its share (64 rows of GPT-2 small's `f32` `attn.c_proj`, the
-/// first block of the product's rows that its thread reads, of 384 in the
-/// share of one of two groups).
+/// 192 KB of its share (64 rows of GPT-2 small's `f32` `attn.c_proj`: with
+/// two threads, the first of the six 64-row blocks of the product that its
+/// thread reads).
 ///
 /// Decoding steps of the `f32` GPT-2 small at 129–160 cached positions, each
 /// between two readings of the bandwidth (256 MB), steps fetching and not

@@ -603,7 +603,8 @@ impl Gpt2 {
                 }
                 None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
             };
-            // The projection's weights are fetched while a decoding step attends.
+            // The first rows of the projection's weights are asked for while
+            // a decoding step attends.
             let next = attn.c_proj.weight.stored().bytes().unwrap_or_default();
             self.attend(i, q, &query_rows, sequences, next, trace) // [T, C]
         };
