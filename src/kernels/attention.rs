@@ -295,7 +295,7 @@ fn attend_one<E: Element>(
             let mut e = vec![0.0f32; heads * tk];
             // This group's stretch of `next`: the first NEXT_FETCH_BYTES of
             // its share, from the line where the share begins.
-            let start = (next.len() * col0 / c / 64 * 64).min(next.len());
+            let start = next.len() * col0 / c / 64 * 64; // col0 < c: inside `next`
             let end = (start + NEXT_FETCH_BYTES).min(next.len());
             one_query_heads(
                 &next[start..end],

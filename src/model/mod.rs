@@ -604,8 +604,12 @@ impl Gpt2 {
                 None => (q, sequences.iter().map(|s| s.rows.clone()).collect()),
             };
             // The first rows of the projection's weights are asked for while
-            // a decoding step attends.
-            let next = attn.c_proj.weight.stored().bytes().unwrap_or_default();
+            // a decoding step of one sequence attends (not measured for
+            // several sequences at once).
+            let next = match sequences {
+                [_] => attn.c_proj.weight.stored().bytes().unwrap_or_default(),
+                _ => &[],
+            };
             self.attend(i, q, &query_rows, sequences, next, trace) // [T, C]
         };
         hooks.apply(Some(i), "attn.merged", &mut merged); // and attn.z: its heads' columns
@@ -628,7 +632,7 @@ impl Gpt2 {
     ///
     /// `next`, the bytes read right after (the output projection's weights),
     /// is asked for into the cache meanwhile by the attention of one query
-    /// of one sequence (a decoding step; a hint, see
+    /// (a decoding step; a hint, see
     /// [`kernels::attention`](crate::kernels::attention)).
     #[allow(clippy::too_many_arguments)]
     fn attend(
@@ -666,8 +670,6 @@ impl Gpt2 {
             _ => false,
         };
 
-        // Not measured for several sequences at once: fetched for one only.
-        let next = if sequences.len() == 1 { next } else { &[] };
         let mut heads: Vec<(Array2<f32>, Option<AttentionMaps>)> = sequences
             .par_iter()
             .zip(query_rows)
